@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"moat/audit"
+	"moat/config"
+	"moat/internal/tlsutil"
+	"moat/internal/yamlx"
+	"moat/policies"
+	"moat/proxy"
+)
+
+// load reads the configuration and the policy files it names. problems
+// holds every error and warning, positioned; rt is nil when any is an
+// error.
+func load(path string) (rt *proxy.Runtime, problems yamlx.Errors) {
+	var cfg *config.Config
+	if path == "" {
+		cfg = config.Default()
+	} else {
+		var errs yamlx.Errors
+		cfg, errs = config.Load(path)
+		problems = append(problems, errs...)
+		if errs.Err() != nil {
+			return nil, problems
+		}
+	}
+	set, errs := policies.Load(cfg.Policies)
+	problems = append(problems, errs...)
+	if problems.Err() != nil {
+		return nil, problems
+	}
+	return &proxy.Runtime{Cfg: cfg, Policies: set}, problems
+}
+
+// loadCert fills rt.Cert from the configured files, or with the
+// self-signed certificate kept in data_dir.
+func loadCert(rt *proxy.Runtime, log *audit.Logger) error {
+	c := rt.Cfg
+	if c.TLS.CertFile != "" {
+		cert, err := tlsutil.Load(c.TLS.CertFile, c.TLS.KeyFile)
+		if err != nil {
+			return err
+		}
+		rt.Cert = cert
+		return nil
+	}
+	dir := filepath.Join(c.DataDir, "tls")
+	cert, made, err := tlsutil.SelfSigned(dir, c.Hostname)
+	if err != nil {
+		return err
+	}
+	rt.Cert = cert
+	log.Warn("tls.self_signed", zap.String("message",
+		"no tls.cert_file configured: serving a self-signed certificate; configure a real one for production"),
+		zap.String("file.path", filepath.Join(dir, "selfsigned.crt")), zap.Bool("moat.created", made))
+	return nil
+}
+
+func printProblems(w io.Writer, errs yamlx.Errors) {
+	errs.Sort()
+	for _, e := range errs {
+		fmt.Fprintln(w, e)
+	}
+}
+
+func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
+	rt, problems := load(path)
+	printProblems(stderr, problems)
+	if rt == nil {
+		return exitFail
+	}
+	cfg := rt.Cfg
+	log, err := audit.New(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	defer log.Close()
+	for _, w := range problems {
+		log.Warn("config.warning", zap.String("message", w.Error()))
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		fmt.Fprintf(stderr, "moat: data_dir: %v\n", err)
+		return exitFail
+	}
+	if err := loadCert(rt, log); err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	srv, err := proxy.New(rt, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	if err := srv.Listen(); err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	var addrs []string
+	for _, a := range srv.Addrs() {
+		addrs = append(addrs, a.String())
+	}
+	log.Event("moat.started", zap.String("service.version", versionString()), zap.Strings("moat.smtp_listeners", addrs),
+		zap.String("moat.config", configName(path)), zap.String("moat.data_dir", cfg.DataDir))
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv.Serve(sctx)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(srv, path, log)
+			continue
+		}
+		log.Event("moat.stopping", zap.String("message", "signal "+sig.String()+": finishing transactions in progress"),
+			zap.Duration("moat.shutdown_timeout", srv.Runtime().Cfg.ShutdownTimeout.D()))
+		tctx, tcancel := context.WithTimeout(ctx, srv.Runtime().Cfg.ShutdownTimeout.D())
+		err := srv.Shutdown(tctx)
+		tcancel()
+		outcome := "success"
+		if err != nil {
+			outcome = "failure"
+		}
+		log.Event("moat.stopped", zap.String("event.outcome", outcome))
+		return exitOK
+	}
+	return exitOK
+}
+
+func configName(path string) string {
+	if path == "" {
+		return "<embedded default>"
+	}
+	return path
+}
+
+// reload re-reads everything; on any error the running configuration
+// stays and the problems are logged.
+func reload(srv *proxy.Server, path string, log *audit.Logger) {
+	rt, problems := load(path)
+	var msgs []string
+	for _, p := range problems {
+		msgs = append(msgs, p.Error())
+	}
+	if rt == nil {
+		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", msgs),
+			zap.String("message", "configuration not reloaded; the previous one keeps running"))
+		return
+	}
+	if err := loadCert(rt, log); err != nil {
+		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
+			zap.String("message", "configuration not reloaded; the previous one keeps running"))
+		return
+	}
+	old := srv.Runtime().Cfg
+	if !slices.Equal(old.SMTP.Listeners, rt.Cfg.SMTP.Listeners) {
+		msgs = append(msgs, "smtp.listeners changed: the new listeners take effect at the next restart")
+	}
+	if old.DataDir != rt.Cfg.DataDir {
+		msgs = append(msgs, "data_dir changed: it takes effect at the next restart")
+		rt.Cfg.DataDir = old.DataDir
+	}
+	srv.Reload(rt)
+	log.Event("config.reload", zap.String("event.outcome", "success"), zap.Strings("moat.warnings", msgs))
+}
+
+func check(path string, stdout, stderr io.Writer) int {
+	rt, problems := load(path)
+	printProblems(stdout, problems)
+	if rt == nil {
+		return exitFail
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d warnings)\n", configName(path), len(problems))
+	return exitOK
+}

@@ -1,0 +1,152 @@
+// Package config holds moat's infrastructure configuration: listeners,
+// routes, TLS, DNS, data directory and logging. Filtering behaviour lives in
+// policy files (package policies), never here.
+package config
+
+import (
+	"go.yaml.in/yaml/v3"
+
+	"moat/internal/yamlx"
+)
+
+// Config is one moat.yaml, with defaults filled in and validated.
+type Config struct {
+	Hostname        string            `yaml:"hostname"`
+	DataDir         string            `yaml:"data_dir"`
+	ShutdownTimeout yamlx.Duration    `yaml:"shutdown_timeout"`
+	SMTP            SMTP              `yaml:"smtp"`
+	TLS             TLS               `yaml:"tls"`
+	DNS             DNS               `yaml:"dns"`
+	Routes          map[string]*Route `yaml:"routes"`
+	Policies        []string          `yaml:"policies"`
+	Greylist        Greylist          `yaml:"greylist"`
+	Redis           Redis             `yaml:"redis"`
+	POP3            Mailbox           `yaml:"pop3"`
+	IMAP            Mailbox           `yaml:"imap"`
+	Log             Log               `yaml:"log"`
+	Admin           Admin             `yaml:"admin"`
+
+	// File is the path the config was read from ("" for the embedded default).
+	File string `yaml:"-"`
+
+	// node is the parsed document, kept so that Validate reports each
+	// problem at its line and column; nil for a Config built in code.
+	node *yaml.Node
+}
+
+// SMTP configures the SMTP listeners and the limits of every session.
+type SMTP struct {
+	Listeners       []Listener     `yaml:"listeners"`
+	TrustedNetworks []yamlx.Prefix `yaml:"trusted_networks"`
+	TrustedProxies  []yamlx.Prefix `yaml:"trusted_proxies"`
+	MaxMessageSize  yamlx.Size     `yaml:"max_message_size"`
+	MaxRecipients   int            `yaml:"max_recipients"`
+	MaxHeaderSize   yamlx.Size     `yaml:"max_header_size"`
+	MaxLineLength   int            `yaml:"max_line_length"`
+	SpoolMemory     yamlx.Size     `yaml:"spool_memory"`
+	BareNewline     string         `yaml:"bare_newline"` // reject | normalize
+	Timeouts        Timeouts       `yaml:"timeouts"`
+	Limits          Limits         `yaml:"limits"`
+	UpstreamPool    UpstreamPool   `yaml:"upstream_pool"`
+}
+
+// Listener is one SMTP listening socket.
+type Listener struct {
+	Addr          string `yaml:"addr"`
+	Mode          string `yaml:"mode"` // mx | submission
+	ImplicitTLS   bool   `yaml:"implicit_tls"`
+	ProxyProtocol bool   `yaml:"proxy_protocol"`
+}
+
+// Timeouts bound each stage of a session (RFC 5321 section 4.5.3.2) and
+// each step towards an upstream.
+type Timeouts struct {
+	Command         yamlx.Duration `yaml:"command"`
+	Data            yamlx.Duration `yaml:"data"`
+	UpstreamConnect yamlx.Duration `yaml:"upstream_connect"`
+	UpstreamCommand yamlx.Duration `yaml:"upstream_command"`
+	UpstreamData    yamlx.Duration `yaml:"upstream_data"`
+}
+
+// Limits are the connection-level defences; 0 turns one off.
+type Limits struct {
+	Connections         int            `yaml:"connections"`
+	ConnectionsPerIP    int            `yaml:"connections_per_ip"`
+	ConnectionRatePerIP string         `yaml:"connection_rate_per_ip"`
+	ErrorsPerSession    int            `yaml:"errors_per_session"`
+	PregreetWait        yamlx.Duration `yaml:"pregreet_wait"`
+}
+
+// UpstreamPool bounds the idle upstream SMTP connections kept for reuse.
+type UpstreamPool struct {
+	MaxIdle     int            `yaml:"max_idle"`     // per upstream
+	IdleTimeout yamlx.Duration `yaml:"idle_timeout"` // an idle connection older than this is closed
+	MaxAge      yamlx.Duration `yaml:"max_age"`      // a connection is not reused past this age
+}
+
+// TLS names the certificate served for STARTTLS and implicit TLS. With
+// neither file set, moat makes a self-signed certificate in data_dir.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// DNS configures the resolver every check shares.
+type DNS struct {
+	Servers []string       `yaml:"servers"`
+	Timeout yamlx.Duration `yaml:"timeout"`
+}
+
+// Route says where mail for one recipient domain goes.
+type Route struct {
+	Upstream         string `yaml:"upstream"` // host:port, or "local" for the built-in store
+	VerifyRecipients bool   `yaml:"verify_recipients"`
+}
+
+// Local reports whether the route delivers into the built-in store.
+func (r *Route) Local() bool { return r != nil && r.Upstream == "local" }
+
+// Greylist selects the greylist store.
+type Greylist struct {
+	Store string `yaml:"store"` // bolt | memory | redis
+}
+
+// Redis is the shared state server for several gateways.
+type Redis struct {
+	Addr string `yaml:"addr"`
+}
+
+// Mailbox configures a POP3 or IMAP4 service.
+type Mailbox struct {
+	Listeners   []MailboxListener `yaml:"listeners"`
+	Upstream    string            `yaml:"upstream"`
+	UpstreamTLS string            `yaml:"upstream_tls"`
+	CAFile      string            `yaml:"ca_file"`
+}
+
+// MailboxListener is one POP3 or IMAP4 listening socket.
+type MailboxListener struct {
+	Addr        string `yaml:"addr"`
+	ImplicitTLS bool   `yaml:"implicit_tls"`
+}
+
+// Log configures where events go.
+type Log struct {
+	Format string  `yaml:"format"` // json | text
+	Output string  `yaml:"output"` // stdout | stderr | a file path
+	Level  string  `yaml:"level"`  // info | debug
+	Syslog *Syslog `yaml:"syslog"`
+}
+
+// Syslog ships events to a collector (RFC 5424).
+type Syslog struct {
+	Network string `yaml:"network"`
+	Addr    string `yaml:"addr"`
+	TLS     bool   `yaml:"tls"`
+	CAFile  string `yaml:"ca_file"`
+}
+
+// Admin is the HTTP endpoint for metrics and health.
+type Admin struct {
+	Addr string `yaml:"addr"`
+}

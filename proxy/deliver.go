@@ -1,0 +1,354 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"moat/filters"
+	"moat/policies"
+	"moat/store/maildir"
+)
+
+// finish decides and delivers a fully received message and returns the
+// reply for the end of data. The transaction ends here whatever happens.
+func (s *session) finish(ctx context.Context, t *txn, sp *spool, c *content) *Reply {
+	s.tx = nil
+	ev := s.newEvent(t)
+	ev.size = c.size
+	ev.messageID = headerValue(c.header, "Message-Id")
+	r := s.decideAndDeliver(ctx, t, sp, c, ev)
+	if t.up != nil {
+		t.up.reset(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D())
+		s.srv.pool.put(t.up)
+		t.up = nil
+	}
+	ev.reply = r.String()
+	if ev.action == "" {
+		ev.action = actionOf(r)
+	}
+	if r.Positive() {
+		ev.outcome = "success"
+	} else {
+		ev.outcome = "failure"
+		if ev.action == "accept" || ev.action == "tag" {
+			// Decided to accept, but the next hop refused or failed.
+			ev.action = actionOf(r)
+		}
+	}
+	s.srv.logTransaction(ev)
+	return r
+}
+
+func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *content, ev *txnEvent) *Reply {
+	switch c.problem {
+	case errTooBig:
+		return replyTooBig
+	case errHeaderTooBig:
+		return replyHeaderTooBig
+	case errBareNewline:
+		return replyBareNewline
+	case errNUL:
+		return replyNUL
+	}
+	if c.ioErr != nil {
+		s.srv.log.Error("smtp.spool_error", sessionFields(s, c.ioErr.Error())...)
+		return replyLocalFailed
+	}
+	action := policies.Accept
+	var tag *policies.TagSettings
+	if t.policy != nil {
+		ft := s.filterTxn(t)
+		ft.Size = c.size
+		ft.Message = func() io.Reader { return sp.Reader(0) }
+		results := t.results
+		for _, chk := range t.policy.Checks() {
+			for _, st := range chk.Stages() {
+				if st == filters.StageData {
+					if r, ok := chk.Run(ctx, st, ft); ok {
+						results = append(results, r)
+					}
+				}
+			}
+		}
+		if t.allowed {
+			ev.checks = checksOnly(results)
+			ev.reason = "allow-listed"
+		} else {
+			d := t.policy.Decide(results, true)
+			ev.checks, ev.score, ev.would = d.Checks, d.Score, string(d.Would)
+			if d.Reason != "" {
+				ev.reason = d.Reason
+			}
+			action = d.Action
+			switch d.Action {
+			case policies.Reject, policies.Tempfail:
+				ev.action = string(d.Action)
+				return decisionReply(d)
+			case policies.Tag:
+				ts := t.policy.Tag()
+				tag = &ts
+			}
+		}
+	}
+	ev.action = string(action)
+	prefix, header := s.outboundHeader(t, c, tag, ev.score)
+	body := func() io.Reader {
+		return io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(header), sp.Reader(int64(len(c.header))))
+	}
+	size := int64(len(prefix)+len(header)) + sp.Size() - int64(len(c.header))
+	if action == policies.Quarantine {
+		return s.quarantine(t, body(), ev)
+	}
+	if t.route.Local() {
+		return s.deliverLocal(t, body, ev)
+	}
+	ev.upstream = t.dest
+	return s.deliverUpstream(ctx, t, body(), size)
+}
+
+// outboundHeader returns the header lines moat adds on top (Received and
+// tag headers) and the message's own header, rewritten when tagging
+// changes the subject.
+func (s *session) outboundHeader(t *txn, c *content, tag *policies.TagSettings, score float64) (prefix, header []byte) {
+	var b bytes.Buffer
+	b.WriteString(s.received(t))
+	header = c.header
+	if tag != nil {
+		if tag.Header {
+			b.WriteString("X-Spam-Flag: YES\r\n")
+			fmt.Fprintf(&b, "X-Spam-Score: %g\r\n", score)
+		}
+		if tag.SubjectPrefix != "" {
+			header = prefixSubject(c.header, tag.SubjectPrefix)
+		}
+	}
+	return b.Bytes(), header
+}
+
+// received builds the Received header (RFC 5321 section 4.4), with the TLS
+// details in a comment as Postfix writes them.
+func (s *session) received(t *txn) string {
+	proto := "SMTP"
+	if s.esmtp {
+		proto = "ESMTP"
+	}
+	if t.utf8 {
+		proto = "UTF8" + proto[1:]
+		if !s.esmtp {
+			proto = "UTF8SMTP"
+		}
+	}
+	if s.tlsState != nil {
+		proto += "S"
+	}
+	if s.user != "" {
+		proto += "A"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (moat) with %s id %s", cleanHelo(s.helo), s.remote.Addr().Unmap(),
+		s.cfg().Hostname, proto, s.txnID(t))
+	if s.tlsState != nil {
+		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", tlsVersionName(s.tlsState.Version), cipherName(s.tlsState.CipherSuite))
+	}
+	if len(t.rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", t.rcpts[0])
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", time.Now().Format("Mon, 02 Jan 2006 15:04:05 -0700 (MST)"))
+	return b.String()
+}
+
+// cleanHelo makes the HELO name safe inside a header: it is the client's
+// word, so anything but printable ASCII (and UTF-8) is replaced.
+func cleanHelo(h string) string {
+	var b strings.Builder
+	for _, r := range h {
+		switch {
+		case r < 0x21 || r == 0x7f || r == '(' || r == ')' || r == ';' || r == '\\':
+			b.WriteByte('_')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "unknown"
+	}
+	return b.String()
+}
+
+func (s *session) txnID(t *txn) string { return fmt.Sprintf("%s-%d", s.id, t.n) }
+
+// prefixSubject puts prefix in front of the Subject, adding a Subject
+// header when there is none.
+func prefixSubject(header []byte, prefix string) []byte {
+	lines := bytes.SplitAfter(header, []byte("\r\n"))
+	var out bytes.Buffer
+	done := false
+	for _, l := range lines {
+		if !done && len(l) >= 8 && strings.EqualFold(string(l[:8]), "subject:") {
+			rest := bytes.TrimLeft(l[8:], " \t")
+			out.WriteString("Subject: " + prefix)
+			out.Write(rest)
+			done = true
+			continue
+		}
+		if !done && (string(l) == "\r\n") {
+			out.WriteString("Subject: " + strings.TrimSpace(prefix) + "\r\n")
+			done = true
+		}
+		out.Write(l)
+	}
+	return out.Bytes()
+}
+
+// headerValue returns the first value of the named header field, unfolded.
+func headerValue(header []byte, name string) string {
+	lines := strings.Split(string(header), "\r\n")
+	for i, l := range lines {
+		if len(l) > len(name) && l[len(name)] == ':' && strings.EqualFold(l[:len(name)], name) {
+			v := strings.TrimSpace(l[len(name)+1:])
+			for _, cont := range lines[i+1:] {
+				if cont == "" || (cont[0] != ' ' && cont[0] != '\t') {
+					break
+				}
+				v += " " + strings.TrimSpace(cont)
+			}
+			if len(v) > 998 {
+				v = v[:998]
+			}
+			return v
+		}
+	}
+	return ""
+}
+
+// localDir is the Maildir of a recipient in the built-in store.
+func localDir(dataDir string, a Address) (maildir.Dir, error) {
+	local := a.Local
+	if strings.HasPrefix(local, `"`) {
+		local = strings.Trim(local, `"`)
+	}
+	l, err := maildir.SafeName(local)
+	if err != nil {
+		return "", err
+	}
+	d, err := maildir.SafeName(a.ASCIIDomain())
+	if err != nil {
+		return "", err
+	}
+	return maildir.Dir(filepath.Join(dataDir, "mail", d, l)), nil
+}
+
+// deliverLocal writes one copy per recipient; all or none.
+func (s *session) deliverLocal(t *txn, body func() io.Reader, ev *txnEvent) *Reply {
+	ev.upstream = "local"
+	var done []string
+	for _, rc := range t.rcpts {
+		dir, err := localDir(s.cfg().DataDir, rc)
+		if err == nil {
+			var path string
+			path, err = dir.Deliver(body())
+			done = append(done, path)
+		}
+		if err != nil {
+			for _, p := range done {
+				os.Remove(p)
+			}
+			s.srv.log.Error("smtp.local_delivery_error", sessionFields(s, err.Error())...)
+			return replyLocalFailed
+		}
+	}
+	return reply(250, "2.0.0", "Ok: queued as %s", s.txnID(t))
+}
+
+// quarantine keeps the message with its envelope and verdict in data_dir.
+func (s *session) quarantine(t *txn, body io.Reader, ev *txnEvent) *Reply {
+	var h strings.Builder
+	fmt.Fprintf(&h, "X-Moat-Quarantine-From: <%s>\r\n", t.from)
+	for _, r := range t.rcpts {
+		fmt.Fprintf(&h, "X-Moat-Quarantine-To: <%s>\r\n", r)
+	}
+	fmt.Fprintf(&h, "X-Moat-Quarantine-Verdict: score=%g policy=%s reason=%q\r\n", ev.score, ev.policy, ev.reason)
+	dir := maildir.Dir(filepath.Join(s.cfg().DataDir, "quarantine"))
+	if _, err := dir.Deliver(io.MultiReader(strings.NewReader(h.String()), body)); err != nil {
+		s.srv.log.Error("smtp.quarantine_error", sessionFields(s, err.Error())...)
+		return reply(452, "4.3.1", "Insufficient system storage")
+	}
+	ev.upstream = "quarantine"
+	return reply(250, "2.0.0", "Ok: queued as %s", s.txnID(t))
+}
+
+// deliverUpstream hands the message to the route's upstream and returns
+// the upstream's own reply, verbatim. Recipients are all-or-nothing: if
+// the upstream refuses any of them, no data is sent and the client hears
+// that refusal for the whole message, so nothing is half-delivered.
+func (s *session) deliverUpstream(ctx context.Context, t *txn, msg io.Reader, size int64) *Reply {
+	to := s.srv.upstreamTimeouts(s.cfg())
+	u := t.up
+	t.up = nil
+	if u == nil {
+		rcpts := make([]string, len(t.rcpts))
+		for i, r := range t.rcpts {
+			rcpts[i] = r.String()
+		}
+		for attempt := 0; ; attempt++ {
+			var reused bool
+			var err error
+			u, reused, _, err = s.srv.pool.get(ctx, t.dest, s.cfg().Hostname, to)
+			if err != nil {
+				s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+				return replyUpstreamDown
+			}
+			mr, rr, err := u.begin(ctx, to.command, s.mailParams(t, size), rcpts)
+			if err != nil {
+				u.conn.Close()
+				if reused && attempt == 0 {
+					continue // the upstream had closed the idle connection
+				}
+				s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+				return replyUpstreamDown
+			}
+			if mr.Code != 250 {
+				s.release(ctx, u)
+				return mr
+			}
+			for _, r := range rr {
+				if r.Code != 250 && r.Code != 251 {
+					s.release(ctx, u)
+					return r
+				}
+			}
+			break
+		}
+	}
+	r, err := u.data(ctx, to, msg)
+	if err != nil {
+		u.conn.Close()
+		s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+		return replyUpstreamDown
+	}
+	s.release(ctx, u)
+	return r
+}
+
+func (s *session) release(ctx context.Context, u *upstreamConn) {
+	u.reset(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D())
+	s.srv.pool.put(u)
+}
+
+func checksOnly(results []filters.Result) map[string]map[string]any {
+	m := map[string]map[string]any{}
+	for _, r := range results {
+		e := map[string]any{"result": r.Value}
+		for k, v := range r.Fields {
+			e[k] = v
+		}
+		m[r.Check] = e
+	}
+	return m
+}

@@ -1,0 +1,257 @@
+// Package proxy is moat's SMTP side: listeners, sessions, the strict DATA
+// reader, delivery to upstreams (pooled, replies relayed verbatim) and to
+// the built-in store.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"moat/audit"
+	"moat/config"
+	"moat/policies"
+)
+
+// Runtime is one loaded configuration: config, compiled policies and the
+// certificate. It is immutable; a reload builds a new one and swaps it in.
+// A session keeps the Runtime it started with.
+type Runtime struct {
+	Cfg      *config.Config
+	Policies *policies.Set
+	Cert     *tls.Certificate
+}
+
+// Server runs the SMTP listeners of one moat.
+type Server struct {
+	rt        atomic.Pointer[Runtime]
+	log       *audit.Logger
+	pool      *pool
+	tlsConfig *tls.Config
+	spoolDir  string
+
+	listeners []*listener
+	wg        sync.WaitGroup // accept loops and sessions
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	shutting  atomic.Bool
+}
+
+type listener struct {
+	conf config.Listener
+	name string // "mx" or "submission", for the event
+	ln   net.Listener
+}
+
+// New prepares a server for rt; Listen binds the sockets.
+func New(rt *Runtime, log *audit.Logger) (*Server, error) {
+	c := rt.Cfg
+	spoolDir := filepath.Join(c.DataDir, "spool")
+	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("smtp: spool directory: %w", err)
+	}
+	s := &Server{
+		log:      log,
+		spoolDir: spoolDir,
+		sessions: map[*session]struct{}{},
+		pool:     newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
+	}
+	s.rt.Store(rt)
+	s.tlsConfig = &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c := s.rt.Load().Cert; c != nil {
+				return c, nil
+			}
+			return nil, errors.New("no certificate")
+		},
+	}
+	return s, nil
+}
+
+// Listen binds every configured SMTP listener.
+func (s *Server) Listen() error {
+	for _, lc := range s.rt.Load().Cfg.SMTP.Listeners {
+		ln, err := net.Listen("tcp", lc.Addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("smtp: listen %s: %w", lc.Addr, err)
+		}
+		name := lc.Mode
+		if name == "" {
+			name = "mx"
+		}
+		s.listeners = append(s.listeners, &listener{conf: lc, name: name, ln: ln})
+	}
+	return nil
+}
+
+// Addrs returns the bound addresses, in listener order.
+func (s *Server) Addrs() []net.Addr {
+	var a []net.Addr
+	for _, l := range s.listeners {
+		a = append(a, l.ln.Addr())
+	}
+	return a
+}
+
+// Serve accepts connections on every listener until Shutdown.
+func (s *Server) Serve(ctx context.Context) {
+	for _, l := range s.listeners {
+		s.wg.Add(1)
+		go s.acceptLoop(ctx, l)
+	}
+}
+
+func (s *Server) acceptLoop(ctx context.Context, l *listener) {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if s.shutting.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors and the like: back off, as net/http does.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			s.log.Error("smtp.accept_error", zap.String("message", err.Error()))
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		sess := s.newSession(l, c)
+		if sess == nil {
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sess.serve(ctx)
+		}()
+	}
+}
+
+func (s *Server) newSession(l *listener, c net.Conn) *session {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	rt := s.rt.Load()
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return nil
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	sess := &session{
+		srv: s, rt: rt, l: l, raw: c, conn: c,
+		br:      newReader(c),
+		bw:      newWriter(c),
+		id:      newID(),
+		start:   time.Now(),
+		remote:  ap,
+		trusted: rt.Cfg.Trusted(ap.Addr()),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting.Load() {
+		return nil
+	}
+	s.sessions[sess] = struct{}{}
+	return sess
+}
+
+func (s *Server) forget(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+var idEncoding = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)
+
+// newID makes a session id: 16 characters of Crockford base32.
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
+
+// Reload swaps in a new runtime; sessions in progress keep theirs.
+func (s *Server) Reload(rt *Runtime) {
+	p := rt.Cfg.SMTP.UpstreamPool
+	s.pool.setLimits(p.MaxIdle, p.IdleTimeout.D(), p.MaxAge.D())
+	s.rt.Store(rt)
+}
+
+// Runtime returns the configuration in force.
+func (s *Server) Runtime() *Runtime { return s.rt.Load() }
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+}
+
+// Shutdown stops accepting, tells idle sessions goodbye (421), lets
+// transactions in progress finish until ctx ends, then closes what is
+// left. It returns when every session has ended.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	s.closeListeners()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for waiting := true; waiting; {
+		s.mu.Lock()
+		for sess := range s.sessions {
+			sess.interruptIfIdle()
+		}
+		s.mu.Unlock()
+		select {
+		case <-done:
+			waiting = false
+		case <-tick.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+			s.mu.Lock()
+			for sess := range s.sessions {
+				sess.raw.Close()
+			}
+			s.mu.Unlock()
+			<-done
+			waiting = false
+		}
+	}
+	s.pool.close()
+	return err
+}
+
+func (s *Server) upstreamTimeouts(c *config.Config) upstreamTimeouts {
+	t := c.SMTP.Timeouts
+	return upstreamTimeouts{connect: t.UpstreamConnect.D(), command: t.UpstreamCommand.D(), data: t.UpstreamData.D()}
+}
+
+// upstreamFor returns a pooled or new connection to addr.
+func (s *Server) upstreamFor(ctx context.Context, addr string, c *config.Config) (*upstreamConn, *Reply, error) {
+	u, _, greet, err := s.pool.get(ctx, addr, c.Hostname, s.upstreamTimeouts(c))
+	return u, greet, err
+}

@@ -1,0 +1,790 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"moat/config"
+	"moat/filters"
+	"moat/policies"
+)
+
+// session is one SMTP connection, from greeting to close. Its methods run
+// on the connection's goroutine in protocol order: a command is read,
+// handled and answered before the next is read.
+//
+// The SMTP server side is written by hand rather than with go-smtp's
+// server: that server always advertises CHUNKING, alters DATA (drops the
+// dot in "\r\n.\n", misses the terminator in "\r\r\n.\r\n"), has no hook
+// before the greeting, never refreshes its deadline during DATA, and its
+// Shutdown leaves idle connections open. A gateway's wire strictness rests
+// on exactly these points.
+type session struct {
+	srv *Server
+	rt  *Runtime // the configuration the session started with
+	l   *listener
+
+	raw  net.Conn // the TCP connection
+	conn net.Conn // raw, or the TLS connection over it
+	br   *bufio.Reader
+	bw   *bufio.Writer
+
+	id       string
+	start    time.Time
+	remote   netip.AddrPort
+	trusted  bool
+	tlsState *tls.ConnectionState
+	helo     string
+	esmtp    bool
+	user     string
+	ntx      int // transactions begun
+	errs     int // error replies to bad commands
+	quit     bool
+
+	mu   sync.Mutex // guards idle against Server.Shutdown
+	idle bool       // waiting for a command outside a transaction
+
+	tx *txn
+}
+
+// txn is one mail transaction, MAIL to end of data (or RSET).
+type txn struct {
+	n            int
+	start        time.Time
+	from         Address
+	utf8         bool
+	eightBit     bool
+	declaredSize int64
+	rcpts        []Address
+	refused      []refusal
+	dest         string // "local" or the upstream host:port
+	route        *config.Route
+	policy       *policies.Policy
+	allowed      bool // on an allow list: checks are logged, not scored
+	results      []filters.Result
+	up           *upstreamConn // open during RCPT when the route verifies recipients
+	bdat         *bdatState
+	last         *Reply // the last refusal, for the event of a transaction that never got a recipient
+}
+
+type refusal struct {
+	Address string `json:"address"`
+	Reply   string `json:"reply"`
+}
+
+type bdatState struct {
+	sp  *spool
+	c   *content
+	err error // a chunk could not be read
+}
+
+var errLineTooLong = errors.New("line too long")
+
+func (s *session) cfg() *config.Config { return s.rt.Cfg }
+
+// serve runs the session to its end.
+func (s *session) serve(ctx context.Context) {
+	defer s.close()
+	if s.l.conf.ImplicitTLS {
+		if !s.handshake() {
+			return
+		}
+	}
+	s.send(reply(220, "", "%s ESMTP moat", s.cfg().Hostname))
+	s.flush()
+	for !s.quit {
+		if !s.waitCommand() {
+			return
+		}
+		line, err := s.readLine()
+		s.setIdle(false)
+		if err != nil {
+			if errors.Is(err, errLineTooLong) {
+				s.bad(reply(500, "5.5.2", "Line too long"))
+				s.flush()
+				continue
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if s.srv.shutting.Load() && s.tx == nil {
+					s.send(replyShutdown)
+				} else {
+					s.send(replyTimeout)
+				}
+				s.flush()
+			}
+			s.abortTx("connection lost")
+			return
+		}
+		s.handle(ctx, line)
+		if s.br.Buffered() == 0 && !s.flush() {
+			s.abortTx("connection lost")
+			return
+		}
+	}
+}
+
+// waitCommand prepares to read the next command: it sets the deadline and,
+// outside a transaction, lets a shutdown interrupt the wait.
+func (s *session) waitCommand() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tx == nil && s.srv.shutting.Load() {
+		s.send(replyShutdown)
+		s.flush()
+		return false
+	}
+	s.idle = s.tx == nil
+	s.conn.SetReadDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
+	return true
+}
+
+func (s *session) setIdle(v bool) {
+	s.mu.Lock()
+	s.idle = v
+	s.mu.Unlock()
+}
+
+// interruptIfIdle is called by a shutdown: a session waiting for a
+// command outside a transaction stops waiting at once.
+func (s *session) interruptIfIdle() {
+	s.mu.Lock()
+	if s.idle {
+		s.conn.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+}
+
+// readLine reads one command line, without its line end. A bare LF ends a
+// command line too, as in most MTAs; DATA is held to CRLF.
+func (s *session) readLine() (string, error) {
+	max := s.cfg().SMTP.MaxLineLength
+	var buf []byte
+	for {
+		chunk, err := s.br.ReadSlice('\n')
+		if len(buf)+len(chunk) > max {
+			// Skip to the end of the line so the next command is read whole.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = s.br.ReadSlice('\n')
+			}
+			if err != nil {
+				return "", err
+			}
+			return "", errLineTooLong
+		}
+		buf = append(buf, chunk...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return "", err
+		}
+	}
+	line := strings.TrimRight(string(buf), "\r\n")
+	return line, nil
+}
+
+// send queues a reply; flush puts queued replies on the wire. Replies are
+// flushed when the client has sent nothing more, so pipelined commands
+// (RFC 2920) get their replies in one write.
+func (s *session) send(r *Reply) {
+	s.conn.SetWriteDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
+	s.bw.WriteString(r.Wire())
+}
+
+func (s *session) flush() bool {
+	return s.bw.Flush() == nil
+}
+
+// bad answers a command that was wrong; too many of them end the session.
+func (s *session) bad(r *Reply) {
+	s.send(r)
+	s.errs++
+	if max := s.cfg().SMTP.Limits.ErrorsPerSession; max > 0 && s.errs >= max {
+		s.send(replyTooManyErrors)
+		s.abortTx("too many errors")
+		s.quit = true
+	}
+}
+
+func (s *session) handle(ctx context.Context, line string) {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	switch verb {
+	case "EHLO", "HELO":
+		s.cmdHelo(verb, arg)
+	case "STARTTLS":
+		s.cmdStartTLS(arg)
+	case "MAIL":
+		s.cmdMail(arg)
+	case "RCPT":
+		s.cmdRcpt(ctx, arg)
+	case "DATA":
+		s.cmdData(ctx, arg)
+	case "BDAT":
+		s.cmdBdat(ctx, arg)
+	case "RSET":
+		if arg != "" {
+			s.bad(reply(501, "5.5.4", "Syntax: RSET"))
+			return
+		}
+		s.abortTx("client reset")
+		s.send(reply(250, "2.0.0", "Ok"))
+	case "NOOP":
+		s.send(reply(250, "2.0.0", "Ok"))
+	case "QUIT":
+		s.send(reply(221, "2.0.0", "Bye"))
+		s.abortTx("client quit")
+		s.quit = true
+	case "HELP":
+		s.send(reply(214, "2.0.0", "See RFC 5321"))
+	case "VRFY", "EXPN":
+		s.send(reply(502, "5.5.1", "%s command is disabled", verb))
+	case "TURN", "ETRN", "ATRN":
+		s.bad(reply(502, "5.5.1", "%s not implemented", verb))
+	case "AUTH":
+		s.bad(reply(503, "5.5.1", "Authentication not available"))
+	case "CONNECT", "GET", "POST", "HEAD", "PUT":
+		// Somebody speaks HTTP to the SMTP port (a proxy abuse probe).
+		s.send(reply(421, "4.7.0", "Not an HTTP server, closing connection"))
+		s.abortTx("non-SMTP command")
+		s.quit = true
+	default:
+		s.bad(reply(500, "5.5.2", "Command not recognized"))
+	}
+}
+
+func (s *session) cmdHelo(verb, arg string) {
+	arg = strings.TrimSpace(arg)
+	if arg == "" || strings.ContainsAny(arg, " \t") && verb == "HELO" {
+		s.bad(reply(501, "5.5.4", "Syntax: %s hostname", verb))
+		return
+	}
+	name, _, _ := strings.Cut(arg, " ")
+	if len(name) > 255 {
+		s.bad(reply(501, "5.5.4", "HELO name too long"))
+		return
+	}
+	s.abortTx("new HELO")
+	s.helo = name
+	s.esmtp = verb == "EHLO"
+	if !s.esmtp {
+		s.send(reply(250, "", "%s", s.cfg().Hostname))
+		return
+	}
+	lines := []string{s.cfg().Hostname, "PIPELINING",
+		"SIZE " + strconv.FormatInt(int64(s.cfg().SMTP.MaxMessageSize), 10),
+		"8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"}
+	if s.tlsState == nil && s.srv.tlsConfig != nil {
+		lines = append(lines, "STARTTLS")
+	}
+	s.send(&Reply{Code: 250, Text: strings.Join(lines, "\n")})
+}
+
+func (s *session) cmdStartTLS(arg string) {
+	switch {
+	case arg != "":
+		s.bad(reply(501, "5.5.4", "Syntax: STARTTLS"))
+		return
+	case s.tlsState != nil:
+		s.bad(reply(503, "5.5.1", "TLS already active"))
+		return
+	case s.srv.tlsConfig == nil:
+		s.bad(reply(454, "4.7.0", "TLS not available"))
+		return
+	case s.tx != nil:
+		s.bad(reply(503, "5.5.1", "STARTTLS not allowed during a mail transaction"))
+		return
+	}
+	// Whatever the client sent after STARTTLS, before the handshake, was
+	// sent in clear and may have been injected (CVE-2011-0411): drop it.
+	if n := s.br.Buffered(); n > 0 {
+		s.br.Discard(n)
+		s.srv.log.Warn("smtp.starttls_injection", sessionFields(s, fmt.Sprintf("discarded %d bytes sent after STARTTLS", n))...)
+	}
+	s.send(reply(220, "2.0.0", "Ready to start TLS"))
+	if !s.flush() {
+		s.quit = true
+		return
+	}
+	if !s.handshake() {
+		s.quit = true
+		return
+	}
+	// RFC 3207 section 4.2: forget everything learnt before TLS.
+	s.helo, s.esmtp = "", false
+}
+
+// handshake runs the server side of TLS over the raw connection.
+func (s *session) handshake() bool {
+	tc := tls.Server(s.raw, s.srv.tlsConfig)
+	tc.SetDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
+	if err := tc.Handshake(); err != nil {
+		s.srv.log.Debug("smtp.tls_failed", sessionFields(s, err.Error())...)
+		return false
+	}
+	tc.SetDeadline(time.Time{})
+	st := tc.ConnectionState()
+	s.tlsState = &st
+	s.conn = tc
+	s.br.Reset(tc)
+	s.bw.Reset(tc)
+	return true
+}
+
+func (s *session) cmdMail(arg string) {
+	switch {
+	case s.helo == "":
+		s.bad(reply(503, "5.5.1", "Send HELO/EHLO first"))
+		return
+	case s.tx != nil:
+		s.bad(reply(503, "5.5.1", "Nested MAIL command"))
+		return
+	case s.l.conf.Mode == "submission" && s.user == "":
+		s.bad(reply(530, "5.7.0", "Authentication required"))
+		return
+	}
+	from, params, err := parseArg(arg, "FROM:", true)
+	if err != nil {
+		s.bad(reply(501, "5.1.7", "Bad sender address syntax"))
+		return
+	}
+	t := &txn{from: from, start: time.Now()}
+	for _, p := range params {
+		switch p.Key {
+		case "SIZE":
+			n, err := strconv.ParseInt(p.Value, 10, 64)
+			if err != nil || n < 0 {
+				s.bad(reply(501, "5.5.4", "Bad SIZE parameter"))
+				return
+			}
+			t.declaredSize = n
+		case "BODY":
+			switch strings.ToUpper(p.Value) {
+			case "7BIT":
+			case "8BITMIME":
+				t.eightBit = true
+			default:
+				s.bad(reply(501, "5.5.4", "Unsupported BODY type"))
+				return
+			}
+		case "SMTPUTF8":
+			if p.HasValue || !s.esmtp {
+				s.bad(reply(501, "5.5.4", "Bad SMTPUTF8 parameter"))
+				return
+			}
+			t.utf8 = true
+		default:
+			s.bad(reply(555, "5.5.4", "Unsupported parameter %s", p.Key))
+			return
+		}
+	}
+	if len(params) > 0 && !s.esmtp {
+		s.bad(reply(555, "5.5.4", "Parameters need EHLO"))
+		return
+	}
+	if from.NonASCII && !t.utf8 {
+		s.send(replyNeedUTF8)
+		return
+	}
+	if max := int64(s.cfg().SMTP.MaxMessageSize); t.declaredSize >= max {
+		s.send(replyTooBig)
+		return
+	}
+	s.ntx++
+	t.n = s.ntx
+	s.tx = t
+	s.send(reply(250, "2.1.0", "Ok"))
+}
+
+func (s *session) cmdRcpt(ctx context.Context, arg string) {
+	t := s.tx
+	if t == nil {
+		s.bad(reply(503, "5.5.1", "Need MAIL command"))
+		return
+	}
+	if t.bdat != nil {
+		s.bad(reply(503, "5.5.1", "RCPT not allowed after BDAT"))
+		return
+	}
+	addr, params, err := parseArg(arg, "TO:", false)
+	if err != nil {
+		// RFC 5321 section 4.5.1: <postmaster> without a domain is valid.
+		if rest, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(arg)), "to:"); ok && strings.TrimSpace(rest) == "<postmaster>" {
+			addr, params, err = Address{Local: "postmaster", Domain: s.cfg().Hostname}, nil, nil
+		}
+	}
+	if err != nil {
+		s.bad(reply(501, "5.1.3", "Bad recipient address syntax"))
+		return
+	}
+	if len(params) > 0 {
+		s.bad(reply(555, "5.5.4", "Unsupported parameter %s", params[0].Key))
+		return
+	}
+	r := s.acceptRcpt(ctx, t, addr)
+	if !r.Positive() {
+		t.refused = append(t.refused, refusal{Address: addr.String(), Reply: r.String()})
+		t.last = r
+	}
+	s.send(r)
+}
+
+// acceptRcpt decides one recipient: relay control, routing, policy,
+// then (when the route asks) the upstream's own verdict.
+func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
+	if len(t.rcpts) >= s.cfg().SMTP.MaxRecipients {
+		return replyTooManyRcpts
+	}
+	if addr.NonASCII && !t.utf8 {
+		return replyNeedUTF8
+	}
+	domain := addr.ASCIIDomain()
+	route, ok := s.cfg().Route(domain)
+	if !ok {
+		// Relaying to the internet is not a feature yet, trusted or not.
+		return replyRelayDenied
+	}
+	dest := route.Upstream
+	if t.dest != "" && dest != t.dest {
+		return reply(452, "4.5.3", "Recipient goes to another destination; send it in a separate transaction")
+	}
+	rcpt := addr.String()
+	var pol *policies.Policy
+	if !s.trusted {
+		pol = s.rt.Policies.For(rcpt, t.from.String(), s.remote.Addr())
+		if t.policy != nil && pol != t.policy {
+			return reply(452, "4.5.3", "Recipient has a different policy; send it in a separate transaction")
+		}
+		lr := pol.Lists(s.remote.Addr(), t.from.String(), rcpt)
+		if lr.Denied {
+			return reply(554, "5.7.1", "%s", lr.Reason)
+		}
+		allowed := t.allowed || lr.Allowed
+		if !allowed {
+			if r := s.checkRcpt(ctx, t, pol, addr); r != nil {
+				return r
+			}
+		}
+		t.allowed = allowed
+	}
+	if route.Local() {
+		if _, err := localDir(s.cfg().DataDir, addr); err != nil {
+			return reply(550, "5.1.1", "Mailbox name not allowed")
+		}
+	} else {
+		if r := s.verifyUpstream(ctx, t, route, addr); r != nil {
+			return r
+		}
+	}
+	t.dest, t.route, t.policy = dest, route, pol
+	t.rcpts = append(t.rcpts, addr)
+	return reply(250, "2.1.5", "Ok")
+}
+
+// checkRcpt runs the policy's checks up to the RCPT stage and returns a
+// refusal, or nil to go on.
+func (s *session) checkRcpt(ctx context.Context, t *txn, pol *policies.Policy, addr Address) *Reply {
+	ftx := s.filterTxn(t)
+	ftx.Rcpt = append(ftx.Rcpt, addr.String())
+	first := t.policy == nil
+	var results []filters.Result
+	for _, c := range pol.Checks() {
+		for _, st := range c.Stages() {
+			if st > filters.StageRcpt || (!first && st != filters.StageRcpt) {
+				continue
+			}
+			if r, ok := c.Run(ctx, st, ftx); ok {
+				results = append(results, r)
+			}
+		}
+	}
+	d := pol.Decide(append(append([]filters.Result(nil), t.results...), results...), false)
+	switch d.Action {
+	case policies.Reject, policies.Tempfail:
+		return decisionReply(d)
+	}
+	t.results = append(t.results, results...)
+	return nil
+}
+
+func decisionReply(d policies.Decision) *Reply {
+	if d.Reply != nil {
+		return fromFilter(d.Reply)
+	}
+	if d.Action == policies.Tempfail {
+		return reply(451, "4.7.1", "%s", d.Reason)
+	}
+	return reply(550, "5.7.1", "%s", d.Reason)
+}
+
+// verifyUpstream makes sure the upstream can take this recipient: it
+// speaks SMTPUTF8 when the transaction needs it, and, when the route
+// verifies recipients, says yes to RCPT now.
+func (s *session) verifyUpstream(ctx context.Context, t *txn, route *config.Route, addr Address) *Reply {
+	if !route.VerifyRecipients && !t.utf8 {
+		return nil
+	}
+	if t.up == nil {
+		u, greet, err := s.srv.upstreamFor(ctx, route.Upstream, s.cfg())
+		if err != nil {
+			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+			if greet != nil && greet.Code >= 400 {
+				return &Reply{Code: 451, Enhanced: "4.4.1", Text: "Upstream unavailable, try again later"}
+			}
+			return replyUpstreamDown
+		}
+		if t.utf8 && !u.has("SMTPUTF8") {
+			s.srv.pool.put(u)
+			return replyUpstreamNoUTF
+		}
+		if !route.VerifyRecipients {
+			s.srv.pool.put(u)
+			return nil
+		}
+		mr, _, err := u.begin(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), s.mailParams(t, 0), nil)
+		if err != nil {
+			u.conn.Close()
+			return replyUpstreamDown
+		}
+		if mr.Code != 250 {
+			u.reset(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D())
+			s.srv.pool.put(u)
+			return mr
+		}
+		t.up = u
+	}
+	r, err := t.up.rcpt(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), addr.String())
+	if err != nil {
+		t.up.conn.Close()
+		t.up = nil
+		return replyUpstreamDown
+	}
+	if r.Code != 250 && r.Code != 251 {
+		return r
+	}
+	return nil
+}
+
+func (s *session) mailParams(t *txn, size int64) mailParams {
+	return mailParams{from: t.from.String(), size: size, utf8: t.utf8, eightBit: t.eightBit}
+}
+
+func (s *session) filterTxn(t *txn) *filters.Txn {
+	ft := &filters.Txn{
+		ClientIP:      s.remote.Addr(),
+		ClientPort:    int(s.remote.Port()),
+		Helo:          s.helo,
+		TLS:           s.tlsState != nil,
+		Authenticated: s.user != "",
+		User:          s.user,
+		From:          t.from.String(),
+		DeclaredSize:  t.declaredSize,
+	}
+	for _, r := range t.rcpts {
+		ft.Rcpt = append(ft.Rcpt, r.String())
+	}
+	return ft
+}
+
+func (s *session) cmdData(ctx context.Context, arg string) {
+	t := s.tx
+	switch {
+	case arg != "":
+		s.bad(reply(501, "5.5.4", "Syntax: DATA"))
+		return
+	case t == nil:
+		s.bad(reply(503, "5.5.1", "Need MAIL command"))
+		return
+	case t.bdat != nil:
+		s.bad(reply(503, "5.5.1", "DATA not allowed after BDAT"))
+		return
+	case len(t.rcpts) == 0:
+		// RFC 5321 section 3.3: no valid recipients.
+		s.send(reply(554, "5.5.1", "No valid recipients"))
+		return
+	}
+	s.send(reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+	if !s.flush() {
+		s.quit = true
+		return
+	}
+	sp := newSpool(s.srv.spoolDir, int(s.cfg().SMTP.SpoolMemory))
+	defer sp.Close()
+	c := s.newContent(sp)
+	err := s.readBody(func(r *bufio.Reader) error { return readDotData(r, c) })
+	if err != nil {
+		s.lostInData(err)
+		return
+	}
+	s.send(s.finish(ctx, t, sp, c))
+}
+
+// readBody reads a message body under the DATA time limits: each read
+// within the command timeout, the whole within the data timeout.
+func (s *session) readBody(read func(*bufio.Reader) error) error {
+	to := s.cfg().SMTP.Timeouts
+	end := time.Now().Add(to.Data.D())
+	dc := &deadlineConn{Conn: s.conn, idle: to.Command.D(), end: end}
+	s.br.Reset(dc)
+	defer s.br.Reset(s.conn)
+	return read(s.br)
+}
+
+// lostInData ends a session whose client vanished or stalled mid-message.
+func (s *session) lostInData(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.send(replyTimeout)
+		s.flush()
+	}
+	s.abortTx("connection lost during data")
+	s.quit = true
+}
+
+func (s *session) newContent(sp *spool) *content {
+	smtp := s.cfg().SMTP
+	return newContent(sp, smtp.BareNewline == "normalize", int64(smtp.MaxMessageSize)-1, int(smtp.MaxHeaderSize))
+}
+
+func (s *session) cmdBdat(ctx context.Context, arg string) {
+	fields := strings.Fields(arg)
+	var size int64 = -1
+	last := false
+	if len(fields) == 1 || len(fields) == 2 {
+		if n, err := strconv.ParseInt(fields[0], 10, 64); err == nil && n >= 0 {
+			size = n
+		}
+		if len(fields) == 2 {
+			if strings.EqualFold(fields[1], "LAST") {
+				last = true
+			} else {
+				size = -1
+			}
+		}
+	}
+	if size < 0 {
+		// The chunk's length is unknown, so its bytes cannot be told
+		// from commands: the session cannot go on safely.
+		s.send(reply(501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection"))
+		s.abortTx("bad BDAT")
+		s.quit = true
+		return
+	}
+	t := s.tx
+	if t == nil || len(t.rcpts) == 0 {
+		if err := s.discard(size); err != nil {
+			s.lostInData(err)
+			return
+		}
+		if t == nil {
+			s.bad(reply(503, "5.5.1", "Need MAIL command"))
+		} else {
+			s.send(reply(554, "5.5.1", "No valid recipients"))
+		}
+		return
+	}
+	if t.bdat == nil {
+		sp := newSpool(s.srv.spoolDir, int(s.cfg().SMTP.SpoolMemory))
+		t.bdat = &bdatState{sp: sp, c: s.newContent(sp)}
+	}
+	b := t.bdat
+	err := s.readBody(func(r *bufio.Reader) error {
+		_, err := io.CopyN(b.c, r, size)
+		return err
+	})
+	if err != nil {
+		s.lostInData(err)
+		return
+	}
+	if !last {
+		s.send(reply(250, "2.0.0", "%d octets received", size))
+		return
+	}
+	b.c.finish()
+	defer b.sp.Close()
+	s.send(s.finish(ctx, t, b.sp, b.c))
+}
+
+// discard reads and drops n bytes of a chunk that has no transaction.
+func (s *session) discard(n int64) error {
+	return s.readBody(func(r *bufio.Reader) error {
+		_, err := io.CopyN(io.Discard, r, n)
+		return err
+	})
+}
+
+// deadlineConn gives every read the idle timeout, capped by an overall end.
+type deadlineConn struct {
+	net.Conn
+	idle time.Duration
+	end  time.Time
+}
+
+func (d *deadlineConn) Read(p []byte) (int, error) {
+	t := time.Now().Add(d.idle)
+	if d.end.Before(t) {
+		t = d.end
+	}
+	d.Conn.SetReadDeadline(t)
+	return d.Conn.Read(p)
+}
+
+func (s *session) close() {
+	s.abortTx("connection closed")
+	s.raw.Close()
+	s.srv.forget(s)
+}
+
+// abortTx ends the transaction in progress without a message, writing its
+// event when it had begun.
+func (s *session) abortTx(why string) {
+	t := s.tx
+	if t == nil {
+		return
+	}
+	s.tx = nil
+	if t.up != nil {
+		u := t.up
+		t.up = nil
+		u.reset(context.Background(), s.cfg().SMTP.Timeouts.UpstreamCommand.D())
+		s.srv.pool.put(u)
+	}
+	if t.bdat != nil {
+		t.bdat.sp.Close()
+	}
+	ev := s.newEvent(t)
+	if len(t.rcpts) == 0 && t.last != nil {
+		ev.outcome, ev.action, ev.reply = "failure", actionOf(t.last), t.last.String()
+	} else {
+		ev.outcome, ev.action = "unknown", "none"
+	}
+	ev.reason = why
+	s.srv.logTransaction(ev)
+}
+
+func actionOf(r *Reply) string {
+	switch {
+	case r.Positive():
+		return "accept"
+	case r.Temporary():
+		return "tempfail"
+	}
+	return "reject"
+}
+
+func osHostname() string {
+	h, _ := os.Hostname()
+	return h
+}
