@@ -157,9 +157,10 @@ func (s *Server) newSession(l *listener, c net.Conn) *session {
 		return nil
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	dc := &deadlineConn{Conn: c}
 	sess := &session{
-		srv: s, rt: rt, l: l, raw: c, conn: c,
-		br:      newReader(c),
+		srv: s, rt: rt, l: l, raw: c, conn: c, dc: dc,
+		br:      newReader(dc),
 		bw:      newWriter(c),
 		id:      newID(),
 		start:   time.Now(),

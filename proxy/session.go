@@ -35,8 +35,9 @@ type session struct {
 	rt  *Runtime // the configuration the session started with
 	l   *listener
 
-	raw  net.Conn // the TCP connection
-	conn net.Conn // raw, or the TLS connection over it
+	raw  net.Conn      // the TCP connection
+	conn net.Conn      // raw, or the TLS connection over it
+	dc   *deadlineConn // conn with the read deadlines of the current stage; br reads it
 	br   *bufio.Reader
 	bw   *bufio.Writer
 
@@ -146,7 +147,7 @@ func (s *session) waitCommand() bool {
 		return false
 	}
 	s.idle = s.tx == nil
-	s.conn.SetReadDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
+	s.dc.set(0, s.cfg().SMTP.Timeouts.Command.D())
 	return true
 }
 
@@ -161,7 +162,7 @@ func (s *session) setIdle(v bool) {
 func (s *session) interruptIfIdle() {
 	s.mu.Lock()
 	if s.idle {
-		s.conn.SetReadDeadline(time.Now())
+		s.dc.interrupt()
 	}
 	s.mu.Unlock()
 }
@@ -338,7 +339,8 @@ func (s *session) handshake() bool {
 	st := tc.ConnectionState()
 	s.tlsState = &st
 	s.conn = tc
-	s.br.Reset(tc)
+	s.dc = &deadlineConn{Conn: tc}
+	s.br.Reset(s.dc) // drops nothing: STARTTLS already discarded what was buffered
 	s.bw.Reset(tc)
 	return true
 }
@@ -635,10 +637,7 @@ func (s *session) cmdData(ctx context.Context, arg string) {
 // within the command timeout, the whole within the data timeout.
 func (s *session) readBody(read func(*bufio.Reader) error) error {
 	to := s.cfg().SMTP.Timeouts
-	end := time.Now().Add(to.Data.D())
-	dc := &deadlineConn{Conn: s.conn, idle: to.Command.D(), end: end}
-	s.br.Reset(dc)
-	defer s.br.Reset(s.conn)
+	s.dc.set(to.Command.D(), to.Data.D())
 	return read(s.br)
 }
 
@@ -725,19 +724,48 @@ func (s *session) discard(n int64) error {
 	})
 }
 
-// deadlineConn gives every read the idle timeout, capped by an overall end.
+// deadlineConn applies the read deadlines of the stage the session is in:
+// an overall end (a command line must arrive within the command timeout, a
+// whole message within the data timeout) and, for message bodies, an idle
+// limit per read as well. The session's bufio.Reader reads through it and
+// is never reset between stages, so pipelined bytes are never lost.
 type deadlineConn struct {
 	net.Conn
-	idle time.Duration
-	end  time.Time
+	mu          sync.Mutex
+	idle        time.Duration // 0: none
+	end         time.Time
+	interrupted bool
+}
+
+// set starts a stage: reads end within total, each within idle (if > 0).
+func (d *deadlineConn) set(idle, total time.Duration) {
+	d.mu.Lock()
+	d.idle, d.end = idle, time.Now().Add(total)
+	if d.interrupted {
+		d.end = time.Now()
+	}
+	d.mu.Unlock()
+}
+
+// interrupt makes the current and every later read time out at once.
+func (d *deadlineConn) interrupt() {
+	d.mu.Lock()
+	d.interrupted = true
+	d.end = time.Now()
+	d.Conn.SetReadDeadline(d.end)
+	d.mu.Unlock()
 }
 
 func (d *deadlineConn) Read(p []byte) (int, error) {
-	t := time.Now().Add(d.idle)
-	if d.end.Before(t) {
-		t = d.end
+	d.mu.Lock()
+	t := d.end
+	if d.idle > 0 {
+		if i := time.Now().Add(d.idle); i.Before(t) {
+			t = i
+		}
 	}
 	d.Conn.SetReadDeadline(t)
+	d.mu.Unlock()
 	return d.Conn.Read(p)
 }
 
