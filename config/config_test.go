@@ -125,7 +125,7 @@ func TestBuiltinDefaults(t *testing.T) {
 		{"smtp.upstream_pool.max_idle", s.UpstreamPool.MaxIdle, 8},
 		{"smtp.upstream_pool.idle_timeout", s.UpstreamPool.IdleTimeout.D(), 60 * time.Second},
 		{"smtp.upstream_pool.max_age", s.UpstreamPool.MaxAge.D(), 5 * time.Minute},
-		{"smtp.limits", s.Limits, Limits{}},
+		{"smtp.limits", s.Limits, Limits{ErrorsPerSession: 10}},
 		{"tls", c.TLS, TLS{}},
 		{"dns.servers", len(c.DNS.Servers), 0},
 		{"dns.timeout", c.DNS.Timeout.D(), 2 * time.Second},
@@ -310,8 +310,9 @@ func TestProblems(t *testing.T) {
 			`t.yaml:3:47: smtp.upstream_pool.idle_timeout: must be more than 0, got 0s`,
 			`t.yaml:3:60: smtp.upstream_pool.max_age: must be more than 0, got 0s`}},
 		{"limits", "hostname: mx.example.test\nsmtp:\n  limits: {connections: -1, connection_rate_per_ip: 120}\n", []string{
-			`t.yaml:3:3: warning: smtp.limits: not implemented in this version; ignored`,
+			`t.yaml:3:12: warning: smtp.limits.connections: not implemented in this version; ignored`,
 			`t.yaml:3:25: smtp.limits.connections: must be 0 or more (0 turns the limit off), got -1`,
+			`t.yaml:3:29: warning: smtp.limits.connection_rate_per_ip: not implemented in this version; ignored`,
 			`t.yaml:3:53: smtp.limits.connection_rate_per_ip: want COUNT/DURATION such as 120/1m, got "120"`}},
 
 		// routes

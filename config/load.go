@@ -139,6 +139,10 @@ func builtin() *Config {
 			// temporary file in data_dir/spool.
 			SpoolMemory: 1 << 20,
 			BareNewline: "reject", // smtp.bare_newline: an SMTP smuggling guard
+			// smtp.limits.errors_per_session: bad commands before 421 and
+			// disconnect (Postfix's smtpd_hard_error_limit is 20; a
+			// legitimate client rarely errs twice).
+			Limits: Limits{ErrorsPerSession: 10},
 			Timeouts: Timeouts{
 				Command:         yamlx.Duration(5 * time.Minute),  // smtp.timeouts.command
 				Data:            yamlx.Duration(10 * time.Minute), // smtp.timeouts.data
@@ -257,7 +261,10 @@ var notImplemented = []struct {
 	set  func(*yaml.Node) bool // whether the value asks for the feature
 }{
 	{"smtp.trusted_proxies", nonEmpty},
-	{"smtp.limits", present},
+	{"smtp.limits.connections", present},
+	{"smtp.limits.connections_per_ip", present},
+	{"smtp.limits.connection_rate_per_ip", present},
+	{"smtp.limits.pregreet_wait", present},
 	{"smtp.listeners[].proxy_protocol", isTrue},
 	{"greylist", present},
 	{"redis", present},
