@@ -471,7 +471,7 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 		}
 		lr := pol.Lists(s.remote.Addr(), t.from.String(), rcpt)
 		if lr.Denied {
-			return reply(554, "5.7.1", "%s", lr.Reason)
+			return fromFilter(lr.Reply)
 		}
 		allowed := t.allowed || lr.Allowed
 		if !allowed {

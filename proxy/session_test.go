@@ -36,6 +36,11 @@ type testServer struct {
 // listener and data_dir are added) and the policy YAML, if any.
 func startServer(t *testing.T, cfgYAML, policyYAML string) *testServer {
 	t.Helper()
+	return startServerTB(t, cfgYAML, policyYAML)
+}
+
+func startServerTB(t testing.TB, cfgYAML, policyYAML string) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	pol := ""
 	if policyYAML != "" {

@@ -1,0 +1,187 @@
+package policies
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"moat/filters"
+)
+
+// Decision is what the policy makes of a transaction's check results.
+type Decision struct {
+	Policy string  // the policy's name (the event's moat.policy)
+	Action Action  // what to do
+	Would  Action  // what observe mode kept from happening; "" when nothing was kept back
+	Score  float64 // the total of the applied scores (the event's moat.score)
+	// Reason names the rule that decided the Action: "score 13 ≥ reject
+	// 12", "size: fail → reject", "policy default is in observe mode",
+	// "score 2 < tag 5".
+	Reason string
+	// WouldReason names the rule that decided Would; "" when Would is.
+	WouldReason string
+	// Reply is the reply for a reject or tempfail: the deciding result's
+	// own Reply when it has one, else 550 5.7.1 or 451 4.7.1 with the
+	// reason. Nil for the other actions.
+	Reply *filters.Reply
+	// Checks is the event's moat.checks: per check {"result": value,
+	// "score": n, the result's Fields, "action": a when the result maps
+	// to one, "mode": "observe" when the check was only observed}.
+	Checks map[string]map[string]any
+}
+
+// Decide turns check results into one action.
+//
+// Each result counts as the policy maps it: the check's result mapping
+// (spf: { fail: 5, temperror: tempfail }) or else the check's built-in
+// default (size: fail → reject), plus the check's own Result.Score; a
+// check's `action:` applies to its fail result. When results hold several
+// for one check (from several stages), the last one counts. A check in
+// observe mode is recorded but not applied.
+//
+// With final (the end of DATA; pass every result of the transaction) the
+// score thresholds apply: score ≥ reject → reject, ≥ quarantine →
+// quarantine, ≥ tag → tag, and every check action applies. Before that
+// (RCPT) only score ≥ reject and check actions reject and tempfail apply.
+// The most severe action wins (reject > tempfail > quarantine > tag >
+// accept); between equals, check actions in result order come before the
+// score. A policy in observe mode decides the same way, then accepts and
+// keeps the action it would have taken in Would.
+func (p *Policy) Decide(results []filters.Result, final bool) Decision {
+	last := make(map[string]int, len(results))
+	for i, r := range results {
+		last[r.Check] = i
+	}
+	d := Decision{Policy: p.name, Checks: make(map[string]map[string]any, len(last))}
+	applied, full := verdict{action: Accept}, verdict{action: Accept}
+	var score, fullScore float64
+	for i, r := range results {
+		if last[r.Check] != i {
+			continue
+		}
+		rl := p.rule(r.Check, r.Value)
+		s := r.Score + rl.score
+		observed := rl.mode == Observe
+		entry := make(map[string]any, len(r.Fields)+4)
+		for k, v := range r.Fields {
+			entry[k] = v
+		}
+		entry["result"] = r.Value
+		entry["score"] = round(s)
+		if rl.action != "" {
+			entry["action"] = string(rl.action)
+		}
+		if observed {
+			entry["mode"] = string(Observe)
+		}
+		d.Checks[r.Check] = entry
+
+		fullScore += s
+		if !observed {
+			score += s
+		}
+		if rl.action.severity() > 0 && (final || rl.action == Reject || rl.action == Tempfail) {
+			v := verdict{action: rl.action, reason: fmt.Sprintf("%s: %s → %s", r.Check, r.Value, rl.action), reply: r.Reply}
+			full.consider(v)
+			if !observed {
+				applied.consider(v)
+			}
+		}
+	}
+	score, fullScore = round(score), round(fullScore)
+	applied.consider(p.byScore(score, final))
+	full.consider(p.byScore(fullScore, final))
+
+	d.Score = score
+	if p.Mode() == Observe {
+		d.Action, d.Reason = Accept, fmt.Sprintf("policy %s is in observe mode", p.name)
+		if full.action != Accept {
+			d.Would, d.WouldReason = full.action, full.reason
+		}
+	} else {
+		d.Action, d.Reason = applied.action, applied.reason
+		d.Reply = reply(applied)
+		if full.action != applied.action {
+			d.Would, d.WouldReason = full.action, full.reason
+		}
+	}
+	return d
+}
+
+// verdict is one candidate action with the rule behind it.
+type verdict struct {
+	action Action
+	reason string
+	reply  *filters.Reply
+}
+
+// consider keeps v when it is more severe than the current verdict, or
+// when no rule has spoken yet.
+func (cur *verdict) consider(v verdict) {
+	if v.action.severity() > cur.action.severity() || cur.reason == "" {
+		*cur = v
+	}
+}
+
+// byScore is the verdict of the score thresholds (an accept, with its
+// reason, when none is reached).
+func (p *Policy) byScore(score float64, final bool) verdict {
+	a := &p.spec.Actions
+	ths := []struct {
+		action Action
+		v      *float64
+	}{{Reject, a.Reject}, {Quarantine, a.Quarantine}, {Tag, a.Tag}}
+	if !final {
+		ths = ths[:1]
+	}
+	lowest := ""
+	for _, t := range ths {
+		if t.v == nil {
+			continue
+		}
+		if score >= *t.v {
+			return verdict{action: t.action, reason: fmt.Sprintf("score %s ≥ %s %s", formatScore(score), t.action, formatScore(*t.v))}
+		}
+		lowest = fmt.Sprintf("score %s < %s %s", formatScore(score), t.action, formatScore(*t.v))
+	}
+	if lowest == "" {
+		lowest = fmt.Sprintf("score %s, no threshold set", formatScore(score))
+	}
+	return verdict{action: Accept, reason: lowest}
+}
+
+// reply is the SMTP reply for a reject or tempfail verdict.
+func reply(v verdict) *filters.Reply {
+	switch v.action {
+	case Reject, Tempfail:
+	default:
+		return nil
+	}
+	if v.reply != nil {
+		r := *v.reply
+		return &r
+	}
+	if v.action == Reject {
+		return &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: replyText(v.reason)}
+	}
+	return &filters.Reply{Code: 451, Enhanced: "4.7.1", Text: replyText(v.reason)}
+}
+
+// replyText makes a reason safe for an SMTP reply: ASCII only, one line.
+func replyText(reason string) string {
+	r := strings.NewReplacer("≥", ">=", "≤", "<=", "→", "->").Replace(reason)
+	return strings.Map(func(c rune) rune {
+		if c < ' ' || c > '~' {
+			return '?'
+		}
+		return c
+	}, r)
+}
+
+// round keeps six decimals, so that 0.1 + 0.2 reaches a threshold of 0.3.
+func round(f float64) float64 {
+	if math.Abs(f) > 1e15 {
+		return f
+	}
+	return math.Round(f*1e6) / 1e6
+}
