@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"moat/audit"
+	"moat/internal/smtptest"
+)
+
+// withObserver swaps the server's logger for one that records events.
+func withObserver(ts *testServer) *observer.ObservedLogs {
+	core, logs := observer.New(zapcore.DebugLevel)
+	ts.srv.log = audit.NewZap(zap.New(core))
+	return logs
+}
+
+func txnEvents(logs *observer.ObservedLogs) []map[string]any {
+	var out []map[string]any
+	for _, e := range logs.FilterMessage("smtp.transaction").All() {
+		out = append(out, e.ContextMap())
+	}
+	return out
+}
+
+func waitEvents(t *testing.T, logs *observer.ObservedLogs, n int) []map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ev := txnEvents(logs)
+		if len(ev) >= n || time.Now().After(deadline) {
+			if len(ev) < n {
+				t.Fatalf("%d transaction events, want %d", len(ev), n)
+			}
+			return ev
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestTagAddsHeadersAndSubjectPrefix(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts := startServer(t, routeTo(sink.Addr(), ""),
+		"policy: default\nchecks:\n  size: { max: 10, action: tag }\ntag: { subject_prefix: \"[SPAM] \", header: true }\n")
+	logs := withObserver(ts)
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<b@example.com>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 ")
+	txs := sink.WaitTransactions(1, 5*time.Second)
+	m := string(txs[0].Message)
+	if !strings.Contains(m, "\r\nX-Spam-Flag: YES\r\n") || !strings.Contains(m, "\r\nSubject: [SPAM] hi\r\n") {
+		t.Errorf("tagged message:\n%s", m)
+	}
+	ev := waitEvents(t, logs, 1)[0]
+	if ev["moat.action"] != "tag" || ev["event.outcome"] != "success" {
+		t.Errorf("event %v", ev)
+	}
+}
+
+func TestDenyListAndObserveMode(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts := startServer(t, routeTo(sink.Addr(), ""),
+		"policy: default\ndeny: { senders: [\"*@spammer.example\"] }\nchecks:\n  size: { max: 10 }\n---\npolicy: watch\napplies_to: { recipients: [\"watch@example.com\"] }\nextends: default\nmode: observe\n")
+	logs := withObserver(ts)
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<x@spammer.example>", "250")
+	c.cmd("RCPT TO:<b@example.com>", "554 5.7.1 ")
+	c.cmd("RSET", "250")
+	// Observe mode: the size check fails, the message is still delivered.
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<watch@example.com>", "250")
+	c.cmd("RCPT TO:<b@example.com>", "452 4.5.3 ")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 ")
+	ev := waitEvents(t, logs, 2)
+	if ev[0]["event.outcome"] != "failure" || ev[0]["moat.action"] != "reject" || !strings.HasPrefix(ev[0]["moat.reply"].(string), "554 5.7.1") {
+		t.Errorf("deny event %v", ev[0])
+	}
+	if ev[1]["moat.action"] != "accept" || ev[1]["moat.would_action"] != "reject" || ev[1]["moat.policy"] != "watch" {
+		t.Errorf("observe event %v", ev[1])
+	}
+}
+
+// TestTransactionEventFields checks the event against the field list of
+// the product contract.
+func TestTransactionEventFields(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts := startServer(t, routeTo(sink.Addr(), ""), "")
+	logs := withObserver(ts)
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<nobody@elsewhere.example>", "554")
+	c.cmd("RCPT TO:<b@example.com>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 ")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<nobody@elsewhere.example>", "554")
+	c.cmd("QUIT", "221")
+	evs := waitEvents(t, logs, 2)
+	ev := evs[0]
+	for _, k := range []string{"event.outcome", "event.duration", "moat.session_id", "moat.transaction", "moat.listener",
+		"source.ip", "source.port", "source.domain", "moat.helo", "tls.version", "user.name", "email.from.address",
+		"email.to.address", "email.message_id", "moat.size", "moat.checks", "moat.score", "moat.policy", "moat.action",
+		"moat.reply", "moat.upstream"} {
+		if _, ok := ev[k]; !ok {
+			t.Errorf("event lacks %s", k)
+		}
+	}
+	want := map[string]any{"event.outcome": "success", "moat.listener": "mx", "source.ip": "127.0.0.1",
+		"moat.helo": "client.example.net", "email.from.address": "a@example.net", "email.message_id": "<m1@example.net>",
+		"moat.action": "accept", "moat.policy": "default", "moat.upstream": sink.Addr()}
+	for k, v := range want {
+		if ev[k] != v {
+			t.Errorf("%s = %v, want %v", k, ev[k], v)
+		}
+	}
+	if to, _ := json.Marshal(ev["email.to.address"]); string(to) != `["b@example.com"]` {
+		t.Errorf("email.to.address = %s", to)
+	}
+	if !strings.HasPrefix(ev["moat.reply"].(string), "250 2.0.0 Ok: queued as ") {
+		t.Errorf("moat.reply = %v", ev["moat.reply"])
+	}
+	if refused, _ := json.Marshal(ev["moat.refused_recipients"]); !strings.Contains(string(refused), "nobody@elsewhere.example") {
+		t.Errorf("refused recipients %s", refused)
+	}
+	// A transaction refused at RCPT has its own event, outcome failure.
+	if evs[1]["event.outcome"] != "failure" || evs[1]["moat.reply"] != "554 5.7.1 Relay access denied" {
+		t.Errorf("refused transaction event %v", evs[1])
+	}
+	for _, e := range evs {
+		b, _ := json.Marshal(e)
+		if strings.Contains(string(b), "hello") {
+			t.Errorf("event carries the body: %s", b)
+		}
+	}
+}
