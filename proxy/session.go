@@ -400,7 +400,7 @@ func (s *session) cmdMail(arg string) {
 		s.send(replyNeedUTF8)
 		return
 	}
-	if max := int64(s.cfg().SMTP.MaxMessageSize); t.declaredSize >= max {
+	if max := int64(s.cfg().SMTP.MaxMessageSize); t.declaredSize > max {
 		s.send(replyTooBig)
 		return
 	}
@@ -654,7 +654,7 @@ func (s *session) lostInData(err error) {
 
 func (s *session) newContent(sp *spool) *content {
 	smtp := s.cfg().SMTP
-	return newContent(sp, smtp.BareNewline == "normalize", int64(smtp.MaxMessageSize)-1, int(smtp.MaxHeaderSize))
+	return newContent(sp, smtp.BareNewline == "normalize", int64(smtp.MaxMessageSize), int(smtp.MaxHeaderSize))
 }
 
 func (s *session) cmdBdat(ctx context.Context, arg string) {

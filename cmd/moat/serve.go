@@ -179,7 +179,7 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 
 func check(path string, stdout, stderr io.Writer) int {
 	rt, problems := load(path)
-	printProblems(stdout, problems)
+	printProblems(stderr, problems)
 	if rt == nil {
 		return exitFail
 	}
