@@ -289,44 +289,60 @@ func (s *session) quarantine(t *txn, body io.Reader, ev *txnEvent) *Reply {
 // that refusal for the whole message, so nothing is half-delivered.
 func (s *session) deliverUpstream(ctx context.Context, t *txn, msg io.Reader, size int64) *Reply {
 	to := s.srv.upstreamTimeouts(s.cfg())
-	u := t.up
-	t.up = nil
-	if u == nil {
-		rcpts := make([]string, len(t.rcpts))
-		for i, r := range t.rcpts {
-			rcpts[i] = r.String()
+	if u := t.up; u != nil {
+		// Verified recipients: MAIL and RCPT went out during the dialogue.
+		t.up = nil
+		r, err := u.data(ctx, to, msg)
+		return s.afterData(ctx, u, r, err)
+	}
+	rcpts := make([]string, len(t.rcpts))
+	for i, r := range t.rcpts {
+		rcpts[i] = r.String()
+	}
+	for attempt := 0; ; attempt++ {
+		u, reused, _, err := s.srv.pool.get(ctx, t.dest, s.cfg().Hostname, to)
+		if err != nil {
+			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+			return replyUpstreamDown
 		}
-		for attempt := 0; ; attempt++ {
-			var reused bool
-			var err error
-			u, reused, _, err = s.srv.pool.get(ctx, t.dest, s.cfg().Hostname, to)
-			if err != nil {
-				s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
-				return replyUpstreamDown
+		mr, rr, dr, err := u.begin(ctx, to.command, s.mailParams(t, size), rcpts, true)
+		if err != nil {
+			u.conn.Close()
+			if reused && attempt == 0 {
+				continue // the upstream had closed the idle connection
 			}
-			mr, rr, err := u.begin(ctx, to.command, s.mailParams(t, size), rcpts)
-			if err != nil {
-				u.conn.Close()
-				if reused && attempt == 0 {
-					continue // the upstream had closed the idle connection
-				}
-				s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
-				return replyUpstreamDown
-			}
-			if mr.Code != 250 {
-				s.release(ctx, u)
-				return mr
-			}
+			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+			return replyUpstreamDown
+		}
+		refusal := mr
+		if mr.Code == 250 {
+			refusal = nil
 			for _, r := range rr {
 				if r.Code != 250 && r.Code != 251 {
-					s.release(ctx, u)
-					return r
+					refusal = r
+					break
 				}
 			}
-			break
 		}
+		if refusal == nil && dr.Code != 354 {
+			refusal = dr
+		}
+		if refusal != nil {
+			if dr != nil && dr.Code == 354 {
+				u.abortData()
+			} else {
+				s.release(ctx, u)
+			}
+			return refusal
+		}
+		r, err := u.sendData(ctx, to, msg)
+		return s.afterData(ctx, u, r, err)
 	}
-	r, err := u.data(ctx, to, msg)
+}
+
+// afterData returns the upstream's end-of-data reply, or 451 4.4.1 when
+// the upstream failed, and puts the connection back when it is sound.
+func (s *session) afterData(ctx context.Context, u *upstreamConn, r *Reply, err error) *Reply {
 	if err != nil {
 		u.conn.Close()
 		s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)

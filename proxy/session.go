@@ -555,7 +555,7 @@ func (s *session) verifyUpstream(ctx context.Context, t *txn, route *config.Rout
 			s.srv.pool.put(u)
 			return nil
 		}
-		mr, _, err := u.begin(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), s.mailParams(t, 0), nil)
+		mr, _, _, err := u.begin(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), s.mailParams(t, t.declaredSize), nil, false)
 		if err != nil {
 			u.conn.Close()
 			return replyUpstreamDown

@@ -443,3 +443,28 @@ func TestShutdownLetsTransactionFinish(t *testing.T) {
 }
 
 var _ = bufio.NewReader
+
+func TestDeliveryWithoutUpstreamPipelining(t *testing.T) {
+	sink := smtptest.NewSink(t, smtptest.WithoutExtensions("PIPELINING"), smtptest.WithRcptReply("nobody@example.com", "550 5.1.1 unknown user"))
+	ts := startServer(t, routeTo(sink.Addr(), ""), "")
+	for _, tc := range []struct {
+		rcpts []string
+		want  string
+	}{
+		{[]string{"b@example.com", "c@example.com"}, "250 "},
+		{[]string{"b@example.com", "nobody@example.com"}, "550 5.1.1 unknown user"},
+	} {
+		c := dial(t, ts.addr)
+		c.cmd("EHLO client.example.net", "250")
+		c.cmd("MAIL FROM:<a@example.net>", "250")
+		for _, r := range tc.rcpts {
+			c.cmd("RCPT TO:<"+r+">", "250")
+		}
+		c.cmd("DATA", "354")
+		c.send(stuffed + ".\r\n")
+		c.expect(tc.want)
+	}
+	if n := len(sink.Accepted()); n != 1 {
+		t.Errorf("sink accepted %d messages, want 1", n)
+	}
+}

@@ -236,26 +236,32 @@ func (u *upstreamConn) mailLine(p mailParams) string {
 	return b.String()
 }
 
-// begin sends MAIL and the RCPTs, pipelined when the upstream allows, and
-// returns their replies (rcpts[i] for the i-th recipient). A network
-// failure returns an error; refusals are replies.
-func (u *upstreamConn) begin(ctx context.Context, d time.Duration, p mailParams, rcpts []string) (*Reply, []*Reply, error) {
+// begin sends MAIL, the RCPTs and, when withData, DATA, pipelined when
+// the upstream allows (RFC 2920: DATA may end a group), and returns their
+// replies: rr[i] for the i-th recipient, dr for DATA (nil when not sent).
+// Without pipelining, DATA is sent only when MAIL and every RCPT got 2xx.
+// A network failure returns an error; refusals are replies. When dr is
+// 354 the caller must send the message, or abort; see abortData.
+func (u *upstreamConn) begin(ctx context.Context, d time.Duration, p mailParams, rcpts []string, withData bool) (mr *Reply, rr []*Reply, dr *Reply, err error) {
 	u.dirty = true
 	u.used = time.Now()
 	if !u.has("PIPELINING") {
-		mr, err := u.cmd(ctx, d, u.mailLine(p))
-		if err != nil || mr.Code != 250 {
-			return mr, nil, err
+		if mr, err = u.cmd(ctx, d, u.mailLine(p)); err != nil || mr.Code != 250 {
+			return mr, nil, nil, err
 		}
-		var rr []*Reply
+		ok := true
 		for _, rc := range rcpts {
 			r, err := u.cmd(ctx, d, "RCPT TO:<"+rc+">")
 			if err != nil {
-				return mr, nil, err
+				return mr, nil, nil, err
 			}
+			ok = ok && (r.Code == 250 || r.Code == 251)
 			rr = append(rr, r)
 		}
-		return mr, rr, nil
+		if withData && ok {
+			dr, err = u.cmd(ctx, d, "DATA")
+		}
+		return mr, rr, dr, err
 	}
 	stop := u.deadline(ctx, d)
 	defer stop()
@@ -264,20 +270,34 @@ func (u *upstreamConn) begin(ctx context.Context, d time.Duration, p mailParams,
 	for _, rc := range rcpts {
 		u.bw.WriteString("RCPT TO:<" + rc + ">\r\n")
 	}
+	if withData {
+		u.bw.WriteString("DATA\r\n")
+	}
 	if err := u.bw.Flush(); err != nil {
-		return nil, nil, u.fail("MAIL", err)
+		return nil, nil, nil, u.fail("MAIL", err)
 	}
-	mr, err := u.readReply("MAIL")
-	if err != nil {
-		return nil, nil, err
+	if mr, err = u.readReply("MAIL"); err != nil {
+		return nil, nil, nil, err
 	}
-	rr := make([]*Reply, len(rcpts))
+	rr = make([]*Reply, len(rcpts))
 	for i := range rcpts {
 		if rr[i], err = u.readReply("RCPT"); err != nil {
-			return mr, nil, err
+			return mr, nil, nil, err
 		}
 	}
-	return mr, rr, nil
+	if withData {
+		if dr, err = u.readReply("DATA"); err != nil {
+			return mr, rr, nil, err
+		}
+	}
+	return mr, rr, dr, nil
+}
+
+// abortData abandons a transaction whose DATA got 354 when the message
+// must not be sent after all: only closing the connection does that.
+func (u *upstreamConn) abortData() {
+	u.broken = true
+	u.conn.Close()
 }
 
 // rcpt sends one RCPT (recipient verification during the client's RCPT).
@@ -293,6 +313,12 @@ func (u *upstreamConn) data(ctx context.Context, to upstreamTimeouts, msg io.Rea
 	if err != nil || r.Code != 354 {
 		return r, err
 	}
+	return u.sendData(ctx, to, msg)
+}
+
+// sendData sends the message, dot-stuffed, and the final dot after a 354,
+// and returns the upstream's reply to the end of data.
+func (u *upstreamConn) sendData(ctx context.Context, to upstreamTimeouts, msg io.Reader) (*Reply, error) {
 	stop := u.deadline(ctx, to.data)
 	defer stop()
 	dw := &dotWriter{w: u.bw, atLineStart: true}
@@ -311,7 +337,7 @@ func (u *upstreamConn) data(ctx context.Context, to upstreamTimeouts, msg io.Rea
 	if err := u.bw.Flush(); err != nil {
 		return nil, u.fail("DATA", err)
 	}
-	r, err = u.readReply("end of data")
+	r, err := u.readReply("end of data")
 	if err == nil {
 		u.dirty = false
 	}
