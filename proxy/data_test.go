@@ -9,17 +9,17 @@ import (
 	"testing"
 )
 
-func readAll(t *testing.T, wire string, normalize bool, max int64) (string, error, string) {
+func readAll(t *testing.T, wire string, normalize bool, max int64) (got, rest string, err error) {
 	t.Helper()
 	var out bytes.Buffer
 	c := newContent(&out, normalize, max, 1<<20)
 	r := bufio.NewReaderSize(strings.NewReader(wire), 16)
-	err := readDotData(r, c)
-	rest, _ := io.ReadAll(r)
+	err = readDotData(r, c)
+	left, _ := io.ReadAll(r)
 	if err != nil {
-		return out.String(), err, string(rest)
+		return out.String(), string(left), err
 	}
-	return out.String(), c.problem, string(rest)
+	return out.String(), string(left), c.problem
 }
 
 func TestReadDotData(t *testing.T) {
@@ -51,7 +51,7 @@ func TestReadDotData(t *testing.T) {
 			if tc.name == "too big" {
 				max = 5
 			}
-			got, err, rest := readAll(t, tc.wire, tc.normalize, max)
+			got, rest, err := readAll(t, tc.wire, tc.normalize, max)
 			if !errors.Is(err, tc.problem) {
 				t.Fatalf("problem %v, want %v", err, tc.problem)
 			}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,9 +84,8 @@ type refusal struct {
 }
 
 type bdatState struct {
-	sp  *spool
-	c   *content
-	err error // a chunk could not be read
+	sp *spool
+	c  *content
 }
 
 var errLineTooLong = errors.New("line too long")
@@ -810,9 +808,4 @@ func actionOf(r *Reply) string {
 		return "tempfail"
 	}
 	return "reject"
-}
-
-func osHostname() string {
-	h, _ := os.Hostname()
-	return h
 }
