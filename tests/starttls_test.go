@@ -101,3 +101,46 @@ func TestSTARTTLSDelivery(t *testing.T) {
 		t.Errorf("tls.version %q, want 1.3 or 1.2: %v", v, ev)
 	}
 }
+
+// TestSTARTTLSWordIsData replays the client side of Apache James's
+// rcpt_with_starttls.test, data_with_starttls.test and
+// data_starts_with_starttls.test, pipelined as James sends them: the word
+// "starttls" inside an address or the message is data, never a command.
+// Only reply codes are compared (the texts are James's own).
+func TestSTARTTLSWordIsData(t *testing.T) {
+	t.Parallel()
+	sink := smtptest.NewSink(t)
+	routes := defaultRoutes(sink.Addr())
+	routes["mydomain.tld"] = Route{Upstream: sink.Addr()}
+	m := StartMoat(t, Config{Routes: routes})
+	scripts := []string{"rcpt_with_starttls.test", "data_with_starttls.test", "data_starts_with_starttls.test"}
+	for _, f := range scripts {
+		var client []string
+		for _, l := range strings.Split(string(readTestdata(t, "smtp-session/james-mpt/"+f)), "\n") {
+			if c, ok := strings.CutPrefix(strings.TrimRight(l, "\r"), "C:"); ok {
+				client = append(client, strings.TrimPrefix(c, " "))
+			}
+		}
+		if len(client) < 6 || client[len(client)-1] != "." {
+			t.Fatalf("%s: unexpected script %q", f, client)
+		}
+		d := Dial(t, m.Addr)
+		// ehlo, mail, rcpt, data go in one write, then the message.
+		d.Send(strings.Join(client[:4], "\r\n") + "\r\n")
+		for _, want := range []string{"250", "250", "250", "354"} {
+			d.Read().Expect(t, want)
+		}
+		d.Send(strings.Join(client[4:], "\r\n") + "\r\n")
+		d.Read().Expect(t, "250")
+		d.Expect("QUIT", "221")
+	}
+	txs := sink.WaitTransactions(len(scripts), waitTimeout)
+	if !strings.Contains(txs[0].Rcpts[0], "starttls@") {
+		t.Errorf("rcpt_with_starttls: recipient %v", txs[0].Rcpts)
+	}
+	for _, tx := range txs[1:] {
+		if !strings.Contains(string(tx.Message), "starttls content") {
+			t.Errorf("message lost its starttls line: %s", tx)
+		}
+	}
+}
