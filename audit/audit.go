@@ -47,20 +47,28 @@ func New(log config.Log) (*Logger, error) {
 	default:
 		return nil, fmt.Errorf("log: unknown format %q", log.Format)
 	}
-	var ws zapcore.WriteSyncer
-	closeFn := func() error { return nil }
+	var out *os.File
+	closeFile := func() error { return nil }
 	switch log.Output {
 	case "", "stdout":
-		ws = zapcore.Lock(os.Stdout)
+		out = os.Stdout
 	case "stderr":
-		ws = zapcore.Lock(os.Stderr)
+		out = os.Stderr
 	default:
 		f, err := os.OpenFile(log.Output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
 			return nil, fmt.Errorf("log: %w", err)
 		}
-		ws = zapcore.Lock(f)
-		closeFn = f.Close
+		out, closeFile = f, f.Close
+	}
+	bw := newBatchWriter(out)
+	ws := zapcore.AddSync(bw)
+	closeFn := func() error {
+		err := bw.Close()
+		if cerr := closeFile(); err == nil {
+			err = cerr
+		}
+		return err
 	}
 	level := zapcore.InfoLevel
 	if log.Level == "debug" {

@@ -20,7 +20,9 @@ MOAT_PORT=${MOAT_PORT:-12526}
 
 ensure_go
 if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null; then
-  install_postfix_tools
+  # Only the load tools are wanted: no mail system is configured or started.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt_install postfix
 fi
 
 work=$(mktemp -d)

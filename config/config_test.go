@@ -122,7 +122,7 @@ func TestBuiltinDefaults(t *testing.T) {
 		{"smtp.timeouts.upstream_connect", s.Timeouts.UpstreamConnect.D(), 30 * time.Second},
 		{"smtp.timeouts.upstream_command", s.Timeouts.UpstreamCommand.D(), 5 * time.Minute},
 		{"smtp.timeouts.upstream_data", s.Timeouts.UpstreamData.D(), 5 * time.Minute},
-		{"smtp.upstream_pool.max_idle", s.UpstreamPool.MaxIdle, 8},
+		{"smtp.upstream_pool.max_idle", s.UpstreamPool.MaxIdle, 32},
 		{"smtp.upstream_pool.idle_timeout", s.UpstreamPool.IdleTimeout.D(), 60 * time.Second},
 		{"smtp.upstream_pool.max_age", s.UpstreamPool.MaxAge.D(), 5 * time.Minute},
 		{"smtp.limits", s.Limits, Limits{ErrorsPerSession: 10}},

@@ -151,7 +151,7 @@ func builtin() *Config {
 				UpstreamData:    yamlx.Duration(5 * time.Minute),  // smtp.timeouts.upstream_data
 			},
 			UpstreamPool: UpstreamPool{
-				MaxIdle:     8,                                // smtp.upstream_pool.max_idle
+				MaxIdle:     32,                               // smtp.upstream_pool.max_idle
 				IdleTimeout: yamlx.Duration(60 * time.Second), // smtp.upstream_pool.idle_timeout
 				MaxAge:      yamlx.Duration(5 * time.Minute),  // smtp.upstream_pool.max_age
 			},

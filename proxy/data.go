@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"io"
 )
@@ -65,7 +64,7 @@ func (c *content) Write(p []byte) (int, error) {
 			}
 			c.bare()
 		}
-		i := bytes.IndexAny(p, "\r\n\x00")
+		i := indexSpecial(p)
 		if i < 0 {
 			c.emit(p)
 			break
@@ -84,6 +83,20 @@ func (c *content) Write(p []byte) (int, error) {
 		p = p[i+1:]
 	}
 	return n, nil
+}
+
+// special marks the bytes content must look at: CR, LF and NUL.
+var special = [256]bool{'\r': true, '\n': true, 0: true}
+
+// indexSpecial is bytes.IndexAny(p, "\r\n\x00") without building the
+// byte set on every call (this runs for every chunk of every message).
+func indexSpecial(p []byte) int {
+	for i, b := range p {
+		if special[b] {
+			return i
+		}
+	}
+	return -1
 }
 
 // bare handles a bare CR or LF: normalised to CRLF, or flagged.

@@ -99,7 +99,7 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 	ev.action = string(action)
 	prefix, header := s.outboundHeader(t, c, tag, ev.score)
 	body := func() io.Reader {
-		return io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(header), sp.Reader(int64(len(c.header))))
+		return &parts{bytes.NewReader(prefix), bytes.NewReader(header), sp.Reader(int64(len(c.header)))}
 	}
 	size := int64(len(prefix)+len(header)) + sp.Size() - int64(len(c.header))
 	if action == policies.Quarantine {
@@ -275,7 +275,7 @@ func (s *session) quarantine(t *txn, body io.Reader, ev *txnEvent) *Reply {
 	}
 	fmt.Fprintf(&h, "X-Moat-Quarantine-Verdict: score=%g policy=%s reason=%q\r\n", ev.score, ev.policy, ev.reason)
 	dir := maildir.Dir(filepath.Join(s.cfg().DataDir, "quarantine"))
-	if _, err := dir.Deliver(io.MultiReader(strings.NewReader(h.String()), body)); err != nil {
+	if _, err := dir.Deliver(&parts{strings.NewReader(h.String()), body}); err != nil {
 		s.srv.log.Error("smtp.quarantine_error", sessionFields(s, err.Error())...)
 		return reply(452, "4.3.1", "Insufficient system storage")
 	}

@@ -771,6 +771,8 @@ func (s *session) close() {
 	s.abortTx("connection closed")
 	s.raw.Close()
 	s.srv.forget(s)
+	putReader(s.br)
+	putWriter(s.bw)
 }
 
 // abortTx ends the transaction in progress without a message, writing its

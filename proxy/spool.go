@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,27 +15,30 @@ import (
 type spool struct {
 	dir   string
 	limit int
-	mem   bytes.Buffer
+	mem   *bytes.Buffer // nil once spilled or closed
 	f     *os.File
 	size  int64
 }
 
 func newSpool(dir string, memLimit int) *spool {
-	return &spool{dir: dir, limit: memLimit}
+	return &spool{dir: dir, limit: memLimit, mem: getSpoolBuffer()}
 }
 
 func (s *spool) Write(p []byte) (int, error) {
-	if s.f == nil && s.mem.Len()+len(p) > s.limit {
+	if s.f == nil && s.mem != nil && s.mem.Len()+len(p) > s.limit {
 		if err := s.spill(); err != nil {
 			return 0, err
 		}
 	}
 	var n int
 	var err error
-	if s.f != nil {
+	switch {
+	case s.f != nil:
 		n, err = s.f.Write(p)
-	} else {
+	case s.mem != nil:
 		n, err = s.mem.Write(p)
+	default:
+		return 0, errors.New("spool: write after close")
 	}
 	s.size += int64(n)
 	return n, err
@@ -52,7 +56,8 @@ func (s *spool) spill() error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	s.f = f
-	s.mem = bytes.Buffer{}
+	putSpoolBuffer(s.mem)
+	s.mem = nil
 	return nil
 }
 
@@ -67,11 +72,18 @@ func (s *spool) Reader(off int64) io.Reader {
 	if s.f != nil {
 		return io.NewSectionReader(s.f, off, s.size-off)
 	}
+	if s.mem == nil {
+		return bytes.NewReader(nil)
+	}
 	return bytes.NewReader(s.mem.Bytes()[off:])
 }
 
-// Close releases the file, if any.
+// Close releases the file or the memory; it may be called more than once.
 func (s *spool) Close() error {
+	if s.mem != nil {
+		putSpoolBuffer(s.mem)
+		s.mem = nil
+	}
 	if s.f != nil {
 		err := s.f.Close()
 		s.f = nil

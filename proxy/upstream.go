@@ -60,9 +60,6 @@ func dialUpstream(ctx context.Context, addr, helo string, to upstreamTimeouts) (
 	if err != nil {
 		return nil, nil, &upstreamError{addr, "connect", err}
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
 	u := &upstreamConn{addr: addr, conn: conn, br: bufio.NewReaderSize(conn, 4096), bw: bufio.NewWriterSize(conn, 32*1024),
 		created: time.Now()}
 	u.used = u.created
