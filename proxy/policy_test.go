@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"net/textproto"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +150,59 @@ func TestTransactionEventFields(t *testing.T) {
 		if strings.Contains(string(b), "hello") {
 			t.Errorf("event carries the body: %s", b)
 		}
+	}
+}
+
+func TestQuarantineKeepsMessageWithEnvelope(t *testing.T) {
+	ts := startServer(t, routeTo("127.0.0.1:1", ""), "policy: default\nchecks:\n  size: { max: 10, action: quarantine }\n")
+	logs := withObserver(ts)
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<u@local.test>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 2.0.0 ")
+	dir := filepath.Join(ts.dir, "quarantine", "new")
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("quarantine holds %v (%v)", ents, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, ents[0].Name()))
+	m := string(b)
+	if !strings.HasPrefix(m, "X-Moat-Quarantine-From: <a@example.net>\r\nX-Moat-Quarantine-To: <u@local.test>\r\n") || !strings.HasSuffix(m, msg) {
+		t.Errorf("quarantined file:\n%s", m)
+	}
+	if _, err := os.Stat(filepath.Join(ts.dir, "mail", "local.test", "u")); err == nil {
+		t.Error("quarantined message was also delivered")
+	}
+	ev := waitEvents(t, logs, 1)[0]
+	if ev["moat.action"] != "quarantine" || ev["moat.upstream"] != "quarantine" || ev["event.outcome"] != "success" {
+		t.Errorf("event %v", ev)
+	}
+}
+
+func TestImplicitTLSListener(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts := startServer(t, routeTo(sink.Addr(), "")+"smtp:\n  listeners: [ { addr: \"127.0.0.1:1\", implicit_tls: true } ]\n  trusted_networks: [192.0.2.0/24]\n", "")
+	raw, err := tls.Dial("tcp", ts.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &client{t: t, conn: raw, tp: textproto.NewConn(raw)}
+	defer raw.Close()
+	c.expect("220 mx.test ")
+	if r := c.cmd("EHLO client.example.net", "250"); strings.Contains(r, "STARTTLS") {
+		t.Error("STARTTLS offered on an implicit TLS listener")
+	}
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<b@example.com>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 ")
+	txs := sink.WaitTransactions(1, 5*time.Second)
+	if !strings.Contains(string(txs[0].Message), "with ESMTPS id ") || !strings.Contains(string(txs[0].Message), "(using TLSv1.3 with cipher ") {
+		t.Errorf("Received header lacks TLS details:\n%s", txs[0].Message)
 	}
 }

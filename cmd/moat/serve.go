@@ -169,6 +169,9 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 	if !slices.Equal(old.SMTP.Listeners, rt.Cfg.SMTP.Listeners) {
 		msgs = append(msgs, "smtp.listeners changed: the new listeners take effect at the next restart")
 	}
+	if o, n := old.Log, rt.Cfg.Log; o.Format != n.Format || o.Output != n.Output || o.Level != n.Level {
+		msgs = append(msgs, "log settings changed: they take effect at the next restart")
+	}
 	if old.DataDir != rt.Cfg.DataDir {
 		msgs = append(msgs, "data_dir changed: it takes effect at the next restart")
 		rt.Cfg.DataDir = old.DataDir
