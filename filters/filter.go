@@ -82,6 +82,16 @@ type Txn struct {
 	// Message opens the message as received (headers and body, CRLF line
 	// ends, no dot-stuffing), at StageData only.
 	Message func() io.Reader
+	// Header is the message's header section as received, up to and
+	// including the empty line, at StageData only.
+	Header []byte
+
+	// DNS is the resolver checks must use.
+	DNS Resolver
+	// Auth collects SPF, DKIM and DMARC results as they are computed.
+	// Checks may fill it (that is how DMARC reuses SPF and DKIM); it
+	// belongs to the transaction, and checks run one at a time.
+	Auth *Auth
 }
 
 // Check is one filter. Run is called once for every stage the check takes
