@@ -102,3 +102,11 @@ type Check interface {
 	Stages() []Stage
 	Run(ctx context.Context, stage Stage, t *Txn) (Result, bool)
 }
+
+// Prefetcher is a check that can start its lookups when the client
+// connects, before the policy (chosen per recipient) asks for its result;
+// the shared resolver's cache and query coalescing hand the answers to Run.
+// Prefetch must not block.
+type Prefetcher interface {
+	Prefetch(ctx context.Context, t *Txn)
+}

@@ -3,6 +3,7 @@ package policies
 import (
 	"reflect"
 
+	"moat/dnsbl"
 	"moat/filters"
 	"moat/internal/yamlx"
 )
@@ -20,6 +21,18 @@ type implementation struct {
 // the schema that is missing here is accepted in policy files (so that
 // they are checked for typos) but ignored with a warning.
 var implemented = map[string]implementation{
+	"dnsbl": {
+		build: func(c *Checks) filters.Check {
+			zones := make([]dnsbl.Zone, len(c.DNSBL.Zones))
+			for i, z := range c.DNSBL.Zones {
+				zones[i] = dnsbl.Zone{Zone: z.Zone, Score: z.Score, Lookup: z.Lookup}
+				for _, m := range z.Match {
+					zones[i].Match = append(zones[i].Match, dnsbl.Range{From: m.From, To: m.To})
+				}
+			}
+			return dnsbl.NewCheck(zones)
+		},
+	},
 	"size": {
 		defaults: map[string]Outcome{filters.Fail: {Action: Reject}},
 		build: func(c *Checks) filters.Check {

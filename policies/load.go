@@ -493,6 +493,12 @@ func (v *validator) checks(s *Spec) {
 			} else if _, err := parseDomain(z.Zone); err != nil {
 				v.errorf(zn, "checks.dnsbl.zones[%d].zone: %v", i, err)
 			}
+			switch z.Lookup {
+			case "", "client", "helo", "sender":
+			default:
+				_, ln := lookup(zones[i], "lookup")
+				v.errorf(ln, "checks.dnsbl.zones[%d].lookup: want client, helo or sender, got %q", i, z.Lookup)
+			}
 		}
 	}
 	rules := seqItems(lookupNode(root, "checks", "headers"))

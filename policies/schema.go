@@ -77,9 +77,10 @@ type DNSBLCheck struct {
 
 // DNSBLZone is one list. A negative score makes it an allowlist.
 type DNSBLZone struct {
-	Zone  string    `yaml:"zone"`
-	Score float64   `yaml:"score"`
-	Match []IPRange `yaml:"match"` // answers that count; empty: any 127.0.0.0/8 answer
+	Zone   string    `yaml:"zone"`
+	Score  float64   `yaml:"score"`
+	Match  []IPRange `yaml:"match"`  // answers that count; empty: any 127.0.0.0/8 answer but 127.0.0.1 and 127.255.255.x
+	Lookup string    `yaml:"lookup"` // what the zone is asked about: client (default), helo or sender (a domain list)
 }
 
 // SPFCheck maps SPF results (RFC 7208) to scores or actions.

@@ -66,16 +66,8 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 		ft := s.filterTxn(t)
 		ft.Size = c.size
 		ft.Message = func() io.Reader { return sp.Reader(0) }
-		results := t.results
-		for _, chk := range t.policy.Checks() {
-			for _, st := range chk.Stages() {
-				if st == filters.StageData {
-					if r, ok := chk.Run(ctx, st, ft); ok {
-						results = append(results, r)
-					}
-				}
-			}
-		}
+		ft.Header = c.header
+		results := append(t.results, runChecks(ctx, t.policy, ft, func(st filters.Stage) bool { return st == filters.StageData })...)
 		if t.allowed {
 			ev.checks = checksOnly(results)
 			ev.reason = "allow-listed"
@@ -118,14 +110,15 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 func (s *session) outboundHeader(t *txn, c *content, tag *policies.TagSettings, score float64) (prefix, header []byte) {
 	var b bytes.Buffer
 	b.WriteString(s.received(t))
-	header = c.header
+	b.WriteString(authResults(s.cfg().Hostname, s.helo, t))
+	header = stripAuthResults(c.header, s.cfg().Hostname)
 	if tag != nil {
 		if tag.Header {
 			b.WriteString("X-Spam-Flag: YES\r\n")
 			fmt.Fprintf(&b, "X-Spam-Score: %g\r\n", score)
 		}
 		if tag.SubjectPrefix != "" {
-			header = prefixSubject(c.header, tag.SubjectPrefix)
+			header = prefixSubject(header, tag.SubjectPrefix)
 		}
 	}
 	return b.Bytes(), header

@@ -23,6 +23,7 @@ import (
 
 	"moat/audit"
 	"moat/config"
+	"moat/filters"
 	"moat/policies"
 )
 
@@ -33,6 +34,7 @@ type Runtime struct {
 	Cfg      *config.Config
 	Policies *policies.Set
 	Cert     *tls.Certificate
+	DNS      filters.Resolver // the resolver every check shares; nil: checks that need DNS say temperror
 }
 
 // Server runs the SMTP listeners of one moat.

@@ -73,7 +73,9 @@ type txn struct {
 	policy       *policies.Policy
 	allowed      bool // on an allow list: checks are logged, not scored
 	results      []filters.Result
-	up           *upstreamConn // open during RCPT when the route verifies recipients
+	auth         filters.Auth       // SPF, DKIM and DMARC results, shared by the checks and Authentication-Results
+	refusedBy    *policies.Decision // the decision that refused the last recipient, for the event
+	up           *upstreamConn      // open during RCPT when the route verifies recipients
 	bdat         *bdatState
 	last         *Reply // the last refusal, for the event of a transaction that never got a recipient
 }
@@ -94,7 +96,10 @@ func (s *session) cfg() *config.Config { return s.rt.Cfg }
 
 // serve runs the session to its end.
 func (s *session) serve(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the session's background lookups
 	defer s.close()
+	s.prefetch(ctx, "")
 	if s.l.conf.ImplicitTLS {
 		if !s.handshake() {
 			return
@@ -226,7 +231,7 @@ func (s *session) handle(ctx context.Context, line string) {
 	case "STARTTLS":
 		s.cmdStartTLS(arg)
 	case "MAIL":
-		s.cmdMail(arg)
+		s.cmdMail(ctx, arg)
 	case "RCPT":
 		s.cmdRcpt(ctx, arg)
 	case "DATA":
@@ -343,7 +348,7 @@ func (s *session) handshake() bool {
 	return true
 }
 
-func (s *session) cmdMail(arg string) {
+func (s *session) cmdMail(ctx context.Context, arg string) {
 	switch {
 	case s.helo == "":
 		s.bad(reply(503, "5.5.1", "Send HELO/EHLO first"))
@@ -405,6 +410,7 @@ func (s *session) cmdMail(arg string) {
 	s.ntx++
 	t.n = s.ntx
 	s.tx = t
+	s.prefetch(ctx, from.String()) // lists of HELO names and sender domains
 	s.send(reply(250, "2.1.0", "Ok"))
 }
 
@@ -499,24 +505,56 @@ func (s *session) checkRcpt(ctx context.Context, t *txn, pol *policies.Policy, a
 	ftx := s.filterTxn(t)
 	ftx.Rcpt = append(ftx.Rcpt, addr.String())
 	first := t.policy == nil
-	var results []filters.Result
-	for _, c := range pol.Checks() {
-		for _, st := range c.Stages() {
-			if st > filters.StageRcpt || (!first && st != filters.StageRcpt) {
-				continue
-			}
-			if r, ok := c.Run(ctx, st, ftx); ok {
-				results = append(results, r)
-			}
-		}
-	}
+	results := runChecks(ctx, pol, ftx, func(st filters.Stage) bool {
+		return st == filters.StageRcpt || (first && st < filters.StageRcpt)
+	})
 	d := pol.Decide(append(append([]filters.Result(nil), t.results...), results...), false)
 	switch d.Action {
 	case policies.Reject, policies.Tempfail:
+		t.refusedBy = &d
 		return decisionReply(d)
 	}
 	t.results = append(t.results, results...)
 	return nil
+}
+
+// checkTimeout bounds one check at one stage, whatever DNS does: RFC 7208
+// section 4.6.4 asks SPF to allow at least 20 seconds in all.
+const checkTimeout = 20 * time.Second
+
+// runChecks runs the policy's checks at the stages want selects, in the
+// policy's order, each under checkTimeout.
+func runChecks(ctx context.Context, pol *policies.Policy, ftx *filters.Txn, want func(filters.Stage) bool) []filters.Result {
+	var results []filters.Result
+	for _, c := range pol.Checks() {
+		for _, st := range c.Stages() {
+			if !want(st) {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			r, ok := c.Run(cctx, st, ftx)
+			cancel()
+			if ok {
+				results = append(results, r)
+			}
+		}
+	}
+	return results
+}
+
+// prefetch starts the lookups of the default policy's checks (DNSBL) in
+// the background, so their answers are cached or in flight when the
+// recipient's policy asks.
+func (s *session) prefetch(ctx context.Context, from string) {
+	if s.rt.DNS == nil || s.trusted {
+		return
+	}
+	ft := &filters.Txn{ClientIP: s.remote.Addr(), ClientPort: int(s.remote.Port()), Helo: s.helo, From: from, DNS: s.rt.DNS}
+	for _, c := range s.rt.Policies.Default().Checks() {
+		if p, ok := c.(filters.Prefetcher); ok {
+			p.Prefetch(ctx, ft)
+		}
+	}
 }
 
 func decisionReply(d policies.Decision) *Reply {
@@ -591,6 +629,8 @@ func (s *session) filterTxn(t *txn) *filters.Txn {
 		User:          s.user,
 		From:          t.from.String(),
 		DeclaredSize:  t.declaredSize,
+		DNS:           s.rt.DNS,
+		Auth:          &t.auth,
 	}
 	for _, r := range t.rcpts {
 		ft.Rcpt = append(ft.Rcpt, r.String())
@@ -795,6 +835,10 @@ func (s *session) abortTx(why string) {
 	ev := s.newEvent(t)
 	if len(t.rcpts) == 0 && t.last != nil {
 		ev.outcome, ev.action, ev.reply = "failure", actionOf(t.last), t.last.String()
+		if d := t.refusedBy; d != nil {
+			ev.checks, ev.score, ev.policy = d.Checks, d.Score, d.Policy
+			why = d.Reason
+		}
 	} else {
 		ev.outcome, ev.action = "unknown", "none"
 	}
