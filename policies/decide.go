@@ -60,6 +60,9 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 			continue
 		}
 		rl := p.rule(r.Check, r.Value)
+		if hr := p.honorDMARC(r, &rl); hr != nil && r.Reply == nil {
+			r.Reply = hr
+		}
 		s := r.Score + rl.score
 		observed := rl.mode == Observe
 		entry := make(map[string]any, len(r.Fields)+4)
@@ -106,6 +109,27 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 		}
 	}
 	return d
+}
+
+// honorDMARC applies `dmarc: { honor_policy: true }`: a DMARC fail whose
+// domain publishes p=reject or p=quarantine (after sp= and pct, as the
+// check's "policy" field says) gets that action, unless the policy maps the
+// fail to an action of its own. It returns the reply a reject should use.
+func (p *Policy) honorDMARC(r filters.Result, rl *rule) *filters.Reply {
+	c := p.spec.Checks.DMARC
+	if r.Check != "dmarc" || r.Value != filters.Fail || c == nil || !c.HonorPolicy || rl.action != "" {
+		return nil
+	}
+	domain, _ := r.Fields["domain"].(string)
+	switch r.Fields["policy"] {
+	case "reject":
+		rl.action = Reject
+		return &filters.Reply{Code: 550, Enhanced: "5.7.1",
+			Text: fmt.Sprintf("Message rejected: it fails the DMARC policy of %s (p=reject)", domain)}
+	case "quarantine":
+		rl.action = Quarantine
+	}
+	return nil
 }
 
 // verdict is one candidate action with the rule behind it.

@@ -2,6 +2,7 @@ package policies
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"moat/filters"
@@ -275,6 +276,31 @@ func TestReplyText(t *testing.T) {
 	} {
 		if got := replyText(in); got != want {
 			t.Errorf("replyText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestHonorDMARCPolicy(t *testing.T) {
+	set := compile(t, "policy: default\nchecks:\n  dmarc: { honor_policy: true }\n---\npolicy: scored\napplies_to: { recipients: [\"s@example.com\"] }\nchecks:\n  dmarc: { honor_policy: true, fail: tag }\n---\npolicy: off\napplies_to: { recipients: [\"o@example.com\"] }\nchecks:\n  dmarc: { honor_policy: false }\n")
+	fail := func(policy string) []filters.Result {
+		return []filters.Result{{Check: "dmarc", Value: filters.Fail, Fields: map[string]any{"policy": policy, "domain": "example.net"}}}
+	}
+	for _, tc := range []struct {
+		policy, dmarcPolicy string
+		want                Action
+	}{
+		{"default", "reject", Reject},
+		{"default", "quarantine", Quarantine},
+		{"default", "none", Accept},
+		{"scored", "reject", Tag}, // the policy's own mapping wins
+		{"off", "reject", Accept},
+	} {
+		d := set.Policy(tc.policy).Decide(fail(tc.dmarcPolicy), true)
+		if d.Action != tc.want {
+			t.Errorf("%s with p=%s: %s (%s), want %s", tc.policy, tc.dmarcPolicy, d.Action, d.Reason, tc.want)
+		}
+		if tc.want == Reject && (d.Reply == nil || d.Reply.Code != 550 || !strings.Contains(d.Reply.Text, "DMARC policy of example.net")) {
+			t.Errorf("reject reply %+v", d.Reply)
 		}
 	}
 }
