@@ -5,6 +5,9 @@ import (
 
 	"moat/dnsbl"
 	"moat/filters"
+	"moat/filters/dkim"
+	"moat/filters/dmarc"
+	"moat/filters/spf"
 	"moat/internal/yamlx"
 )
 
@@ -32,6 +35,17 @@ var implemented = map[string]implementation{
 			}
 			return dnsbl.NewCheck(zones)
 		},
+	},
+	"spf": {
+		defaults: map[string]Outcome{filters.TempError: {Action: Tempfail}},
+		build:    func(*Checks) filters.Check { return spf.NewCheck() },
+	},
+	"dkim": {
+		build: func(*Checks) filters.Check { return dkim.NewCheck() },
+	},
+	"dmarc": {
+		defaults: map[string]Outcome{filters.TempError: {Action: Tempfail}},
+		build:    func(*Checks) filters.Check { return dmarc.NewCheck(dkim.Verify) },
 	},
 	"size": {
 		defaults: map[string]Outcome{filters.Fail: {Action: Reject}},
