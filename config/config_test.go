@@ -348,11 +348,9 @@ func TestProblems(t *testing.T) {
 		{"policies bad glob", "hostname: mx.example.test\npolicies: [\"/etc/moat/[a.yaml\"]\n", []string{
 			`t.yaml:2:12: policies[0]: bad pattern "/etc/moat/[a.yaml": syntax error in pattern`}},
 		{"dns server name", "hostname: mx.example.test\ndns: {servers: [192.0.2.53, resolver.example, \"192.0.2.53:0\"]}\n", []string{
-			`t.yaml:2:1: warning: dns: not implemented in this version; ignored`,
 			`t.yaml:2:29: dns.servers[1]: want an IP address with an optional port, such as 192.0.2.53, 192.0.2.53:53 or [2001:db8::53]:53, got "resolver.example"`,
 			`t.yaml:2:47: dns.servers[2]: want an IP address with an optional port, such as 192.0.2.53, 192.0.2.53:53 or [2001:db8::53]:53, got "192.0.2.53:0"`}},
 		{"dns timeout", "hostname: mx.example.test\ndns:\n  timeout: 0s\n", []string{
-			`t.yaml:2:1: warning: dns: not implemented in this version; ignored`,
 			`t.yaml:3:12: dns.timeout: must be more than 0, got 0s`}},
 		{"greylist store", "hostname: mx.example.test\ngreylist: {store: sqlite}\n", []string{
 			`t.yaml:2:1: warning: greylist: not implemented in this version; ignored`,

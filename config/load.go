@@ -272,7 +272,6 @@ var notImplemented = []struct {
 	{"imap", present},
 	{"log.syslog", present},
 	{"admin", present},
-	{"dns", present},
 }
 
 func present(*yaml.Node) bool { return true }

@@ -18,6 +18,7 @@ import (
 	"moat/internal/yamlx"
 	"moat/policies"
 	"moat/proxy"
+	"moat/resolver"
 )
 
 // load reads the configuration and the policy files it names. problems
@@ -98,6 +99,10 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
+	if rt.DNS, err = newResolver(cfg.DNS); err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
 	srv, err := proxy.New(rt, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
@@ -147,6 +152,15 @@ func configName(path string) string {
 	return path
 }
 
+// newResolver builds the one caching resolver every check shares.
+func newResolver(c config.DNS) (*resolver.Resolver, error) {
+	r, err := resolver.New(resolver.Config{Servers: c.Servers, Timeout: c.Timeout.D()})
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	return r, nil
+}
+
 // reload re-reads everything; on any error the running configuration
 // stays and the problems are logged.
 func reload(srv *proxy.Server, path string, log *audit.Logger) {
@@ -160,12 +174,20 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 			zap.String("message", "configuration not reloaded; the previous one keeps running"))
 		return
 	}
-	if err := loadCert(rt, log); err != nil {
+	var err error
+	if err = loadCert(rt, log); err != nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
 			zap.String("message", "configuration not reloaded; the previous one keeps running"))
 		return
 	}
 	old := srv.Runtime().Cfg
+	if slices.Equal(old.DNS.Servers, rt.Cfg.DNS.Servers) && old.DNS.Timeout == rt.Cfg.DNS.Timeout {
+		rt.DNS = srv.Runtime().DNS // keep the cache
+	} else if rt.DNS, err = newResolver(rt.Cfg.DNS); err != nil {
+		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
+			zap.String("message", "configuration not reloaded; the previous one keeps running"))
+		return
+	}
 	if !slices.Equal(old.SMTP.Listeners, rt.Cfg.SMTP.Listeners) {
 		msgs = append(msgs, "smtp.listeners changed: the new listeners take effect at the next restart")
 	}

@@ -44,22 +44,9 @@ func New(t testing.TB, records ...string) *Server {
 			t.Fatal(err)
 		}
 	}
-	// UDP and TCP share one port: the UDP port's TCP twin may be taken by
-	// another test's connection, so try a few pairs.
-	var pc net.PacketConn
-	var ln net.Listener
-	for i := 0; ; i++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if i == 20 {
-			t.Fatalf("dnstest: no free UDP+TCP port pair: %v", err)
-		}
+	pc, ln, err := listenPair()
+	if err != nil {
+		t.Fatal(err)
 	}
 	s.Addr = pc.LocalAddr().String()
 	mux := dns.HandlerFunc(s.serve)
