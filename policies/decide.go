@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"strings"
@@ -55,6 +56,7 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 	d := Decision{Policy: p.name, Checks: make(map[string]map[string]any, len(last))}
 	applied, full := verdict{action: Accept}, verdict{action: Accept}
 	var score, fullScore float64
+	var contrib []string // what added to the applied score, for the reason
 	for i, r := range results {
 		if last[r.Check] != i {
 			continue
@@ -82,6 +84,13 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 		fullScore += s
 		if !observed {
 			score += s
+			if s > 0 {
+				c := fmt.Sprintf("%s +%s", r.Check, formatScore(round(s)))
+				if why := cmp.Or(r.Reason, r.Value); why != "" {
+					c += ": " + why
+				}
+				contrib = append(contrib, c)
+			}
 		}
 		if rl.action.severity() > 0 && (final || rl.action == Reject || rl.action == Tempfail) {
 			v := verdict{action: rl.action, reason: fmt.Sprintf("%s: %s → %s", r.Check, r.Value, rl.action), reply: r.Reply}
@@ -92,7 +101,11 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 		}
 	}
 	score, fullScore = round(score), round(fullScore)
-	applied.consider(p.byScore(score, final))
+	byScore := p.byScore(score, final)
+	if byScore.action != Accept && len(contrib) > 0 {
+		byScore.reason += " (" + strings.Join(contrib, "; ") + ")"
+	}
+	applied.consider(byScore)
 	full.consider(p.byScore(fullScore, final))
 
 	d.Score = score
@@ -192,14 +205,19 @@ func reply(v verdict) *filters.Reply {
 }
 
 // replyText makes a reason safe for an SMTP reply: ASCII only, one line.
+// It is cut to fit RFC 5321's 512-octet reply line.
 func replyText(reason string) string {
 	r := strings.NewReplacer("≥", ">=", "≤", "<=", "→", "->").Replace(reason)
-	return strings.Map(func(c rune) rune {
+	r = strings.Map(func(c rune) rune {
 		if c < ' ' || c > '~' {
 			return '?'
 		}
 		return c
 	}, r)
+	if len(r) > 400 {
+		r = r[:397] + "..."
+	}
+	return r
 }
 
 // round keeps six decimals, so that 0.1 + 0.2 reaches a threshold of 0.3.

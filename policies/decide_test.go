@@ -76,13 +76,13 @@ func TestDecide(t *testing.T) {
 			name:    "score reaches tag",
 			results: []filters.Result{spf(filters.Fail)},
 			final:   true,
-			want:    Decision{Action: Tag, Score: 5, Reason: "score 5 ≥ tag 5", Checks: checks{"spf": {"result": "fail", "score": 5.0}}},
+			want:    Decision{Action: Tag, Score: 5, Reason: "score 5 ≥ tag 5 (spf +5: fail)", Checks: checks{"spf": {"result": "fail", "score": 5.0}}},
 		},
 		{
 			name:    "a check's own score adds to the mapping",
 			results: []filters.Result{spf(filters.Fail), dnsbl(4)},
 			final:   true,
-			want: Decision{Action: Quarantine, Score: 9, Reason: "score 9 ≥ quarantine 8", Checks: checks{
+			want: Decision{Action: Quarantine, Score: 9, Reason: "score 9 ≥ quarantine 8 (spf +5: fail; dnsbl +4: fail)", Checks: checks{
 				"spf":   {"result": "fail", "score": 5.0},
 				"dnsbl": {"result": "fail", "score": 4.0, "zones": []string{"x.example"}},
 			}},
@@ -91,8 +91,8 @@ func TestDecide(t *testing.T) {
 			name:    "score reaches reject",
 			results: []filters.Result{spf(filters.Fail), dnsbl(7.5)},
 			final:   true,
-			want: Decision{Action: Reject, Score: 12.5, Reason: "score 12.5 ≥ reject 12",
-				Reply: &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: "score 12.5 >= reject 12"},
+			want: Decision{Action: Reject, Score: 12.5, Reason: "score 12.5 ≥ reject 12 (spf +5: fail; dnsbl +7.5: fail)",
+				Reply: &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: "score 12.5 >= reject 12 (spf +5: fail; dnsbl +7.5: fail)"},
 				Checks: checks{
 					"spf":   {"result": "fail", "score": 5.0},
 					"dnsbl": {"result": "fail", "score": 7.5, "zones": []string{"x.example"}},
@@ -101,8 +101,8 @@ func TestDecide(t *testing.T) {
 		{
 			name:    "score reaches reject at RCPT",
 			results: []filters.Result{spf(filters.Fail), dnsbl(7.5)},
-			want: Decision{Action: Reject, Score: 12.5, Reason: "score 12.5 ≥ reject 12",
-				Reply: &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: "score 12.5 >= reject 12"},
+			want: Decision{Action: Reject, Score: 12.5, Reason: "score 12.5 ≥ reject 12 (spf +5: fail; dnsbl +7.5: fail)",
+				Reply: &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: "score 12.5 >= reject 12 (spf +5: fail; dnsbl +7.5: fail)"},
 				Checks: checks{
 					"spf":   {"result": "fail", "score": 5.0},
 					"dnsbl": {"result": "fail", "score": 7.5, "zones": []string{"x.example"}},
@@ -133,7 +133,7 @@ func TestDecide(t *testing.T) {
 			name:    "a check in observe mode is recorded, not applied",
 			results: []filters.Result{spf(filters.Fail), {Check: "dkim", Value: filters.Fail}},
 			final:   true,
-			want: Decision{Action: Tag, Score: 5, Reason: "score 5 ≥ tag 5", Would: Quarantine, WouldReason: "score 8 ≥ quarantine 8", Checks: checks{
+			want: Decision{Action: Tag, Score: 5, Reason: "score 5 ≥ tag 5 (spf +5: fail)", Would: Quarantine, WouldReason: "score 8 ≥ quarantine 8", Checks: checks{
 				"spf":  {"result": "fail", "score": 5.0},
 				"dkim": {"result": "fail", "score": 3.0, "mode": "observe"},
 			}},
@@ -235,7 +235,7 @@ func TestDecide(t *testing.T) {
 			policy:  "small",
 			results: []filters.Result{{Check: "a", Score: 0.1}, {Check: "b", Score: 0.2}},
 			final:   true,
-			want: Decision{Action: Tag, Score: 0.3, Reason: "score 0.3 ≥ tag 0.3", Checks: checks{
+			want: Decision{Action: Tag, Score: 0.3, Reason: "score 0.3 ≥ tag 0.3 (a +0.1; b +0.2)", Checks: checks{
 				"a": {"result": "", "score": 0.1},
 				"b": {"result": "", "score": 0.2},
 			}},

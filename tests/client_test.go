@@ -41,6 +41,9 @@ type Envelope struct {
 	Data     []byte // the message, CRLF lines; the dot-stuffing is the client's
 	StartTLS bool   // STARTTLS first (moat's certificate is self-signed: not verified)
 	MailOpts *smtp.MailOptions
+	// Source is the local address to send from ("127.0.0.2": any
+	// 127.0.0.0/8 address works on Linux loopback); "" lets the system pick.
+	Source string
 }
 
 // SendResult is how a send with go-smtp's client ended. On success Stage
@@ -91,7 +94,11 @@ func sendOnce(addr string, env Envelope) (res SendResult) {
 		}
 		return res
 	}
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if env.Source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(env.Source)}
+	}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		return fail(StageDial, err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"moat/internal/dnstest"
 	"moat/internal/smtptest"
 )
 
@@ -53,6 +54,11 @@ type Config struct {
 	// Extra is merged into the generated document last, maps merged key by
 	// key ("smtp": {"limits": {...}}); it may add keys the fields above lack.
 	Extra map[string]any
+	// DNS, when set, is the zone server moat asks (else a server that
+	// answers NXDOMAIN to everything).
+	DNS *dnstest.Server
+	// Policy, when set, is written to policy.yaml and named in `policies`.
+	Policy string
 }
 
 var defaultTimeouts = map[string]string{
@@ -110,6 +116,13 @@ func (c Config) document(dir string, p ports) ([]byte, error) {
 		"admin":            map[string]any{"addr": p.admin},
 		"log":              map[string]any{"format": "json", "output": "stdout"},
 	}
+	if c.Policy != "" {
+		path := filepath.Join(dir, "policy.yaml")
+		if err := os.WriteFile(path, []byte(c.Policy), 0o644); err != nil {
+			return nil, err
+		}
+		doc["policies"] = []string{path}
+	}
 	merge(doc, c.Extra)
 	return yaml.Marshal(doc)
 }
@@ -156,7 +169,11 @@ func StartMoat(t testing.TB, cfg Config) *Moat {
 		DataDir:    filepath.Join(dir, "data"),
 		ConfigPath: filepath.Join(dir, "moat.yaml"),
 		Config:     cfg,
-		DNSAddr:    startFakeDNS(t),
+	}
+	if cfg.DNS != nil {
+		m.DNSAddr = cfg.DNS.Addr
+	} else {
+		m.DNSAddr = startFakeDNS(t)
 	}
 	const attempts = 3
 	for i := 1; ; i++ {
