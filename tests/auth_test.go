@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 
@@ -158,4 +159,32 @@ func headerField(msg, name string) string {
 		}
 	}
 	return ""
+}
+
+// TestDeadDNS: with the zone server silent, checks answer temperror within
+// the configured DNS timeout and the policy decides: SPF's temperror
+// tempfails (451 4.7.1) by default, DNSBL's adds no score.
+func TestDeadDNS(t *testing.T) {
+	t.Parallel()
+	zone := dnstest.New(t)
+	zone.Silent("dead.test.")
+	zone.Silent("4.0.0.127.bl.test.")
+	sink := smtptest.NewSink(t)
+	m := StartMoat(t, Config{Routes: defaultRoutes(sink.Addr()), DNS: zone, Policy: authPolicy,
+		Extra: map[string]any{"dns": map[string]any{"timeout": "300ms"}}})
+	r := Send(t, m.Addr, Envelope{Source: "127.0.0.4", From: "a@dead.test", To: []string{rcptBob},
+		Data: NewMessage("a@dead.test", rcptBob, "dead dns").Bytes()})
+	se := r.RcptErrs[rcptBob]
+	if se == nil || se.Code != 451 || se.EnhancedCode != [3]int{4, 7, 1} {
+		t.Fatalf("want 451 4.7.1 at RCPT: %s", r)
+	}
+	// Two attempts of 300 ms for one server, and the DNSBL lookup in
+	// parallel: well under the 20 s a check may take.
+	if r.Elapsed > 5*time.Second {
+		t.Errorf("the session waited %v for a dead DNS server", r.Elapsed)
+	}
+	ev := m.WaitTransactionEvent(1)
+	if !strings.Contains(ev.String(), `"spf":{`) || !strings.Contains(ev.String(), `"result":"temperror"`) {
+		t.Errorf("event %v", ev)
+	}
 }
