@@ -353,10 +353,8 @@ func TestProblems(t *testing.T) {
 		{"dns timeout", "hostname: mx.example.test\ndns:\n  timeout: 0s\n", []string{
 			`t.yaml:3:12: dns.timeout: must be more than 0, got 0s`}},
 		{"greylist store", "hostname: mx.example.test\ngreylist: {store: sqlite}\n", []string{
-			`t.yaml:2:1: warning: greylist: not implemented in this version; ignored`,
 			`t.yaml:2:19: greylist.store: want bolt, memory or redis, got "sqlite"`}},
 		{"greylist redis without addr", "hostname: mx.example.test\ngreylist: {store: redis}\n", []string{
-			`t.yaml:2:1: warning: greylist: not implemented in this version; ignored`,
 			`t.yaml:2:19: greylist.store: redis needs redis.addr`}},
 		{"log format", "hostname: mx.example.test\nlog: {format: logfmt}\n", []string{
 			`t.yaml:2:15: log.format: want json or text, got "logfmt"`}},
@@ -408,7 +406,6 @@ func TestWarnings(t *testing.T) {
 			`t.yaml:2:1: warning: pop3: not implemented in this version; ignored`,
 			`t.yaml:3:1: warning: imap: not implemented in this version; ignored`,
 			`t.yaml:4:1: warning: admin: not implemented in this version; ignored`,
-			`t.yaml:5:1: warning: redis: not implemented in this version; ignored`,
 			`t.yaml:6:7: warning: log.syslog: not implemented in this version; ignored`}},
 		{"trusting everyone", "hostname: mx.example.test\nsmtp: {trusted_networks: [\"::/0\", 0.0.0.0/0]}\n", []string{
 			`t.yaml:2:27: warning: smtp.trusted_networks[0]: ::/0 trusts every client: moat relays for anyone (an open relay)`,

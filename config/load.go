@@ -266,8 +266,6 @@ var notImplemented = []struct {
 	{"smtp.limits.connection_rate_per_ip", present},
 	{"smtp.limits.pregreet_wait", present},
 	{"smtp.listeners[].proxy_protocol", isTrue},
-	{"greylist", present},
-	{"redis", present},
 	{"pop3", present},
 	{"imap", present},
 	{"log.syslog", present},

@@ -47,6 +47,10 @@ var implemented = map[string]implementation{
 		defaults: map[string]Outcome{filters.TempError: {Action: Tempfail}},
 		build:    func(*Checks) filters.Check { return dmarc.NewCheck(dkim.Verify) },
 	},
+	// greylist is not a filters.Check: the session asks it last at RCPT
+	// (or at the end of data), when the score so far is known; see
+	// Policy.Greylist.
+	"greylist": {build: func(*Checks) filters.Check { return nil }},
 	"size": {
 		defaults: map[string]Outcome{filters.Fail: {Action: Reject}},
 		build: func(c *Checks) filters.Check {

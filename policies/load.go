@@ -479,6 +479,30 @@ func (v *validator) checks(s *Spec) {
 			v.errorf(m, "checks.size.max: want a size above 0 (leave size out for no limit)")
 		}
 	}
+	if g := c.Greylist; g != nil {
+		at := func(key string) *yaml.Node {
+			if _, n := lookup(root, "checks", "greylist", key); n != nil {
+				return n
+			}
+			_, n := lookup(root, "checks", "greylist")
+			return n
+		}
+		if g.IPv4Prefix != 0 && (g.IPv4Prefix < 8 || g.IPv4Prefix > 32) {
+			v.errorf(at("ipv4_prefix"), "checks.greylist.ipv4_prefix: want 8 to 32, got %d", g.IPv4Prefix)
+		}
+		if g.IPv6Prefix != 0 && (g.IPv6Prefix < 16 || g.IPv6Prefix > 128) {
+			v.errorf(at("ipv6_prefix"), "checks.greylist.ipv6_prefix: want 16 to 128, got %d", g.IPv6Prefix)
+		}
+		if g.At != "" && g.At != "rcpt" && g.At != "data" {
+			v.errorf(at("at"), "checks.greylist.at: want rcpt or data, got %q", g.At)
+		}
+		if g.AutoAllowAfter != nil && *g.AutoAllowAfter < 0 {
+			v.errorf(at("auto_allow_after"), "checks.greylist.auto_allow_after: want 0 (off) or more, got %d", *g.AutoAllowAfter)
+		}
+		if g.Delay > 0 && g.RetryWindow > 0 && g.RetryWindow <= g.Delay {
+			v.errorf(at("retry_window"), "checks.greylist.retry_window: must be longer than delay (%s), got %s", g.Delay, g.RetryWindow)
+		}
+	}
 	if _, n := lookup(root, "checks", "dnsbl"); n != nil && c.DNSBL != nil {
 		if len(c.DNSBL.Zones) == 0 {
 			v.errorf(n, "checks.dnsbl: zones lists no zone")

@@ -12,6 +12,7 @@ package policies
 
 import (
 	"fmt"
+	"moat/greylist"
 	"net/netip"
 
 	"moat/filters"
@@ -180,4 +181,44 @@ func (p *Policy) addrIn(list []AddrPattern, listName, what, addr string) (string
 		r += fmt.Sprintf(" (%s)", pat)
 	}
 	return r, true
+}
+
+// GreylistSettings is how a policy greylists.
+type GreylistSettings struct {
+	Params   greylist.Params
+	MinScore float64 // greylist only when the score so far is at least this
+	Observe  bool    // log what greylisting would do, delay nothing
+	AtData   bool    // decide after DATA, with the body hash in the triplet
+}
+
+// Greylist returns the policy's greylisting, or nil when it is off.
+// Unset keys take greylist.DefaultParams.
+func (p *Policy) Greylist() *GreylistSettings {
+	c := p.spec.Checks.Greylist
+	if c == nil || (c.Enabled != nil && !*c.Enabled) {
+		return nil
+	}
+	g := &GreylistSettings{Params: greylist.DefaultParams(), Observe: c.Mode == Observe, AtData: c.At == "data"}
+	if c.Delay > 0 {
+		g.Params.Delay = c.Delay.D()
+	}
+	if c.RetryWindow > 0 {
+		g.Params.RetryWindow = c.RetryWindow.D()
+	}
+	if c.Lifetime > 0 {
+		g.Params.Lifetime = c.Lifetime.D()
+	}
+	if c.AutoAllowAfter != nil {
+		g.Params.AutoAllowAfter = *c.AutoAllowAfter
+	}
+	if c.IPv4Prefix > 0 {
+		g.Params.IPv4Prefix = c.IPv4Prefix
+	}
+	if c.IPv6Prefix > 0 {
+		g.Params.IPv6Prefix = c.IPv6Prefix
+	}
+	if c.MinScore != nil {
+		g.MinScore = *c.MinScore
+	}
+	return g
 }

@@ -128,8 +128,11 @@ type GreylistCheck struct {
 	Delay          yamlx.Duration `yaml:"delay"`
 	RetryWindow    yamlx.Duration `yaml:"retry_window"`
 	Lifetime       yamlx.Duration `yaml:"lifetime"`
-	AutoAllowAfter int            `yaml:"auto_allow_after"`
+	AutoAllowAfter *int           `yaml:"auto_allow_after"`
 	MinScore       *float64       `yaml:"min_score"`
+	IPv4Prefix     int            `yaml:"ipv4_prefix"` // client network size; default 24
+	IPv6Prefix     int            `yaml:"ipv6_prefix"` // default 64
+	At             string         `yaml:"at"`          // rcpt (default) or data: greylist after DATA, the body hash in the key
 	Action         Action         `yaml:"action"`
 	Mode           Mode           `yaml:"mode"`
 }

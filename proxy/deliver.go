@@ -82,6 +82,19 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 			case policies.Reject, policies.Tempfail:
 				ev.action = string(d.Action)
 				return decisionReply(d)
+			}
+			if gr, refuse := s.greylistData(ctx, t, sp.Reader(0), int64(len(c.header)), d); gr.Check != "" {
+				entry := map[string]any{"result": gr.Value}
+				for k, v := range gr.Fields {
+					entry[k] = v
+				}
+				ev.checks["greylist"] = entry
+				if refuse {
+					ev.action, ev.reason = string(policies.Tempfail), gr.Reason
+					return replyGreylisted
+				}
+			}
+			switch d.Action {
 			case policies.Tag:
 				ts := t.policy.Tag()
 				tag = &ts

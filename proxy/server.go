@@ -24,6 +24,7 @@ import (
 	"moat/audit"
 	"moat/config"
 	"moat/filters"
+	"moat/greylist"
 	"moat/policies"
 )
 
@@ -35,6 +36,7 @@ type Runtime struct {
 	Policies *policies.Set
 	Cert     *tls.Certificate
 	DNS      filters.Resolver // the resolver every check shares; nil: checks that need DNS say temperror
+	Greylist greylist.Store   // the greylist store; nil: greylisting is skipped
 }
 
 // Server runs the SMTP listeners of one moat.

@@ -479,7 +479,13 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 		}
 		allowed := t.allowed || lr.Allowed
 		if !allowed {
-			if r := s.checkRcpt(ctx, t, pol, addr); r != nil {
+			r, d := s.checkRcpt(ctx, t, pol, addr)
+			if r != nil {
+				return r
+			}
+			// Greylisting comes last: it needs the score so far, and it
+			// must answer before the upstream hears of this recipient.
+			if r := s.greylistRcpt(ctx, t, pol, addr, d); r != nil {
 				return r
 			}
 		}
@@ -501,7 +507,7 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 
 // checkRcpt runs the policy's checks up to the RCPT stage and returns a
 // refusal, or nil to go on.
-func (s *session) checkRcpt(ctx context.Context, t *txn, pol *policies.Policy, addr Address) *Reply {
+func (s *session) checkRcpt(ctx context.Context, t *txn, pol *policies.Policy, addr Address) (*Reply, policies.Decision) {
 	ftx := s.filterTxn(t)
 	ftx.Rcpt = append(ftx.Rcpt, addr.String())
 	first := t.policy == nil
@@ -512,10 +518,10 @@ func (s *session) checkRcpt(ctx context.Context, t *txn, pol *policies.Policy, a
 	switch d.Action {
 	case policies.Reject, policies.Tempfail:
 		t.refusedBy = &d
-		return decisionReply(d)
+		return decisionReply(d), d
 	}
 	t.results = append(t.results, results...)
-	return nil
+	return nil, d
 }
 
 // checkTimeout bounds one check at one stage, whatever DNS does: RFC 7208
@@ -840,6 +846,10 @@ func (s *session) abortTx(why string) {
 			why = d.Reason
 		}
 	} else {
+		if t.policy != nil && len(t.results) > 0 {
+			d := t.policy.Decide(t.results, false)
+			ev.checks, ev.score = d.Checks, d.Score
+		}
 		ev.outcome, ev.action = "unknown", "none"
 	}
 	ev.reason = why

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"moat/audit"
 	"moat/config"
+	"moat/internal/control"
 	"moat/internal/tlsutil"
 	"moat/internal/yamlx"
 	"moat/policies"
@@ -25,16 +27,9 @@ import (
 // holds every error and warning, positioned; rt is nil when any is an
 // error.
 func load(path string) (rt *proxy.Runtime, problems yamlx.Errors) {
-	var cfg *config.Config
-	if path == "" {
-		cfg = config.Default()
-	} else {
-		var errs yamlx.Errors
-		cfg, errs = config.Load(path)
-		problems = append(problems, errs...)
-		if errs.Err() != nil {
-			return nil, problems
-		}
+	cfg, problems := loadConfig(path)
+	if cfg == nil {
+		return nil, problems
 	}
 	set, errs := policies.Load(cfg.Policies)
 	problems = append(problems, errs...)
@@ -42,6 +37,19 @@ func load(path string) (rt *proxy.Runtime, problems yamlx.Errors) {
 		return nil, problems
 	}
 	return &proxy.Runtime{Cfg: cfg, Policies: set}, problems
+}
+
+// loadConfig reads the config file, or the embedded default for "".
+// The config is nil when problems hold an error.
+func loadConfig(path string) (*config.Config, yamlx.Errors) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	cfg, errs := config.Load(path)
+	if errs.Err() != nil {
+		return nil, errs
+	}
+	return cfg, errs
 }
 
 // loadCert fills rt.Cert from the configured files, or with the
@@ -103,6 +111,19 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
+	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	defer rt.Greylist.Close()
+	mux := http.NewServeMux()
+	newGreylistAdmin(rt.Greylist, log).handlers(mux)
+	ctl, err := control.Listen(control.Path(cfg.DataDir), mux)
+	if err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	defer ctl.Close()
 	srv, err := proxy.New(rt, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
@@ -181,6 +202,10 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 		return
 	}
 	old := srv.Runtime().Cfg
+	rt.Greylist = srv.Runtime().Greylist
+	if old.Greylist != rt.Cfg.Greylist || old.Redis != rt.Cfg.Redis {
+		msgs = append(msgs, "greylist.store or redis changed: they take effect at the next restart")
+	}
 	if slices.Equal(old.DNS.Servers, rt.Cfg.DNS.Servers) && old.DNS.Timeout == rt.Cfg.DNS.Timeout {
 		rt.DNS = srv.Runtime().DNS // keep the cache
 	} else if rt.DNS, err = newResolver(rt.Cfg.DNS); err != nil {
