@@ -296,3 +296,12 @@ func printEntries(w io.Writer, es []greylist.Entry) {
 	tw.Flush()
 	fmt.Fprintf(w, "%d entries\n", len(es))
 }
+
+// redisLog sends go-redis's own messages (failed dials and the like) to
+// the debug level of moat's log instead of stderr: the greylist check
+// already reports an unreachable Redis in each transaction's event.
+type redisLog struct{ log *audit.Logger }
+
+func (r redisLog) Printf(_ context.Context, format string, v ...any) {
+	r.log.Debug("redis.client", zap.String("message", fmt.Sprintf(format, v...)))
+}

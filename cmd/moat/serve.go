@@ -11,6 +11,7 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"moat/audit"
@@ -111,6 +112,7 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
+	redis.SetLogger(redisLog{log})
 	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
