@@ -294,7 +294,11 @@ func printEntries(w io.Writer, es []greylist.Entry) {
 			ts(e.FirstSeen), ts(e.LastSeen), e.Attempts, ts(e.Until))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d entries\n", len(es))
+	if len(es) == 1 {
+		fmt.Fprintln(w, "1 entry")
+	} else {
+		fmt.Fprintf(w, "%d entries\n", len(es))
+	}
 }
 
 // redisLog sends go-redis's own messages (failed dials and the like) to
