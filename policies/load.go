@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"moat/greylist"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -499,8 +500,23 @@ func (v *validator) checks(s *Spec) {
 		if g.AutoAllowAfter != nil && *g.AutoAllowAfter < 0 {
 			v.errorf(at("auto_allow_after"), "checks.greylist.auto_allow_after: want 0 (off) or more, got %d", *g.AutoAllowAfter)
 		}
-		if g.Delay > 0 && g.RetryWindow > 0 && g.RetryWindow <= g.Delay {
-			v.errorf(at("retry_window"), "checks.greylist.retry_window: must be longer than delay (%s), got %s", g.Delay, g.RetryWindow)
+		// The effective timings, defaults filled in, must let a retry pass.
+		p := greylist.DefaultParams()
+		if g.Delay > 0 {
+			p.Delay = g.Delay.D()
+		}
+		if g.RetryWindow > 0 {
+			p.RetryWindow = g.RetryWindow.D()
+		}
+		if g.Lifetime > 0 {
+			p.Lifetime = g.Lifetime.D()
+		}
+		if p.RetryWindow <= p.Delay {
+			key := "retry_window"
+			if g.RetryWindow == 0 {
+				key = "delay"
+			}
+			v.errorf(at(key), "checks.greylist: retry_window (%s) must be longer than delay (%s), or no retry can pass", yamlx.Duration(p.RetryWindow), yamlx.Duration(p.Delay))
 		}
 	}
 	if _, n := lookup(root, "checks", "dnsbl"); n != nil && c.DNSBL != nil {

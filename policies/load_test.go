@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"time"
 	"testing"
 
 	"moat/filters"
@@ -363,5 +364,27 @@ func TestPolicyNameOrder(t *testing.T) {
 	}
 	if got := s.Policy("vip").Source(); got != "testdata/valid/20-override.yaml:2" {
 		t.Errorf("vip Source = %q", got)
+	}
+}
+
+func TestGreylistValidation(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"policy: default\nchecks:\n  greylist: { delay: 3d }\n", "a.yaml:3:22: checks.greylist: retry_window (48h0m0s) must be longer than delay (72h0m0s), or no retry can pass"},
+		{"policy: default\nchecks:\n  greylist: { delay: 10m, retry_window: 5m }\n", "a.yaml:3:41: checks.greylist: retry_window (5m0s) must be longer than delay (10m0s), or no retry can pass"},
+		{"policy: default\nchecks:\n  greylist: { ipv4_prefix: 33 }\n", "a.yaml:3:28: checks.greylist.ipv4_prefix: want 8 to 32, got 33"},
+		{"policy: default\nchecks:\n  greylist: { at: body }\n", `a.yaml:3:19: checks.greylist.at: want rcpt or data, got "body"`},
+	} {
+		_, errs := compileTexts(tc.text)
+		if errs.Err() == nil || !strings.Contains(errs.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %s", tc.text, errs, tc.want)
+		}
+	}
+	s := compile(t, "policy: default\nchecks:\n  greylist: { delay: 1m, min_score: 2, ipv6_prefix: 48, at: data }\n")
+	g := s.Default().Greylist()
+	if g == nil || g.Params.Delay != time.Minute || g.Params.RetryWindow != 48*time.Hour || g.MinScore != 2 || g.Params.IPv6Prefix != 48 || !g.AtData {
+		t.Errorf("Greylist() = %+v", g)
+	}
+	if compile(t, "policy: default\nchecks:\n  greylist: { enabled: false }\n").Default().Greylist() != nil {
+		t.Error("enabled: false still greylists")
 	}
 }

@@ -15,6 +15,24 @@ import (
 
 var replyGreylisted = reply(451, "4.7.1", "Greylisted, try again later")
 
+// greylisterKey picks the shared Greylister of one store and parameters.
+type greylisterKey struct {
+	store  greylist.Store
+	params greylist.Params
+}
+
+// greylister returns the Greylister for a store and a policy's
+// parameters, shared by every session so that its cache of manual allows
+// is shared too.
+func (srv *Server) greylister(st greylist.Store, p greylist.Params) *greylist.Greylister {
+	k := greylisterKey{st, p}
+	if g, ok := srv.greylisters.Load(k); ok {
+		return g.(*greylist.Greylister)
+	}
+	g, _ := srv.greylisters.LoadOrStore(k, &greylist.Greylister{Store: st, Params: p, Now: time.Now})
+	return g.(*greylist.Greylister)
+}
+
 // greylistSkip says why a transaction is not greylisted, or "" when it is.
 func (s *session) greylistSkip(t *txn, g *policies.GreylistSettings, d policies.Decision) string {
 	switch {
@@ -82,7 +100,7 @@ func (s *session) greylist(ctx context.Context, t *txn, g *policies.GreylistSett
 		res.Fields["reason"] = why
 		return res, false
 	}
-	gl := &greylist.Greylister{Store: s.rt.Greylist, Params: g.Params, Now: time.Now}
+	gl := s.srv.greylister(s.rt.Greylist, g.Params)
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	v, err := gl.Check(gctx, s.remote.Addr(), t.from.String(), rcpt, bodyHash)

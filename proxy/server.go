@@ -52,6 +52,8 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	shutting  atomic.Bool
+
+	greylisters sync.Map // greylisterKey → *greylist.Greylister
 }
 
 type listener struct {
