@@ -8,8 +8,8 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"moat/filters"
 	"moat/internal/yamlx"
