@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"moat/config"
 	"moat/filters"
 	"moat/policies"
 	"moat/store/maildir"
@@ -24,8 +25,7 @@ func (s *session) finish(ctx context.Context, t *txn, sp *spool, c *content) *Re
 	ev.messageID = headerValue(c.header, "Message-Id")
 	r := s.decideAndDeliver(ctx, t, sp, c, ev)
 	if t.up != nil {
-		t.up.reset(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D())
-		s.srv.pool.put(t.up)
+		s.srv.release(ctx, s.cfg(), t.up)
 		t.up = nil
 	}
 	ev.reply = r.String()
@@ -294,30 +294,40 @@ func (s *session) quarantine(t *txn, body io.Reader, ev *txnEvent) *Reply {
 // the upstream refuses any of them, no data is sent and the client hears
 // that refusal for the whole message, so nothing is half-delivered.
 func (s *session) deliverUpstream(ctx context.Context, t *txn, msg io.Reader, size int64) *Reply {
+	warn := func(err error) { s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...) }
 	to := s.srv.upstreamTimeouts(s.cfg())
 	if u := t.up; u != nil {
 		// Verified recipients: MAIL and RCPT went out during the dialogue.
 		t.up = nil
 		r, err := u.data(ctx, to, msg)
-		return s.afterData(ctx, u, r, err)
+		return s.srv.afterData(ctx, s.cfg(), u, r, err, warn)
 	}
 	rcpts := make([]string, len(t.rcpts))
 	for i, r := range t.rcpts {
 		rcpts[i] = r.String()
 	}
+	return s.srv.sendUpstream(ctx, s.cfg(), t.dest, s.mailParams(t, size), rcpts, msg, warn)
+}
+
+// sendUpstream hands a message to an upstream over a pooled connection
+// and returns the upstream's own reply, verbatim, or 451 4.4.1 when it
+// cannot be reached. Recipients are all-or-nothing: if the upstream
+// refuses any of them, no data is sent and that refusal is the reply.
+func (srv *Server) sendUpstream(ctx context.Context, c *config.Config, dest string, p mailParams, rcpts []string, msg io.Reader, warn func(error)) *Reply {
+	to := srv.upstreamTimeouts(c)
 	for attempt := 0; ; attempt++ {
-		u, reused, _, err := s.srv.pool.get(ctx, t.dest, s.cfg().Hostname, to)
+		u, reused, _, err := srv.pool.get(ctx, dest, c.Hostname, to)
 		if err != nil {
-			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+			warn(err)
 			return replyUpstreamDown
 		}
-		mr, rr, dr, err := u.begin(ctx, to.command, s.mailParams(t, size), rcpts, true)
+		mr, rr, dr, err := u.begin(ctx, to.command, p, rcpts, true)
 		if err != nil {
 			u.conn.Close()
 			if reused && attempt == 0 {
 				continue // the upstream had closed the idle connection
 			}
-			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+			warn(err)
 			return replyUpstreamDown
 		}
 		refusal := mr
@@ -337,30 +347,31 @@ func (s *session) deliverUpstream(ctx context.Context, t *txn, msg io.Reader, si
 			if dr != nil && dr.Code == 354 {
 				u.abortData()
 			} else {
-				s.release(ctx, u)
+				srv.release(ctx, c, u)
 			}
 			return refusal
 		}
 		r, err := u.sendData(ctx, to, msg)
-		return s.afterData(ctx, u, r, err)
+		return srv.afterData(ctx, c, u, r, err, warn)
 	}
 }
 
 // afterData returns the upstream's end-of-data reply, or 451 4.4.1 when
 // the upstream failed, and puts the connection back when it is sound.
-func (s *session) afterData(ctx context.Context, u *upstreamConn, r *Reply, err error) *Reply {
+func (srv *Server) afterData(ctx context.Context, c *config.Config, u *upstreamConn, r *Reply, err error, warn func(error)) *Reply {
 	if err != nil {
 		u.conn.Close()
-		s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
+		warn(err)
 		return replyUpstreamDown
 	}
-	s.release(ctx, u)
+	srv.release(ctx, c, u)
 	return r
 }
 
-func (s *session) release(ctx context.Context, u *upstreamConn) {
-	u.reset(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D())
-	s.srv.pool.put(u)
+// release ends the connection's transaction and returns it to the pool.
+func (srv *Server) release(ctx context.Context, c *config.Config, u *upstreamConn) {
+	u.reset(ctx, c.SMTP.Timeouts.UpstreamCommand.D())
+	srv.pool.put(u)
 }
 
 func checksOnly(results []filters.Result) map[string]map[string]any {
