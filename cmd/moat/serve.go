@@ -148,9 +148,31 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srv.Serve(sctx)
-	for sig := range sigs {
+	watch, err := newWatcher()
+	if err != nil {
+		log.Warn("config.watch", zap.String("message", "not watching policy files (reload with SIGHUP): "+err.Error()))
+	} else {
+		defer watch.close()
+		watch.set(watchDirs(path, cfg.Policies))
+	}
+	var changed <-chan struct{}
+	if watch != nil {
+		changed = watch.C
+	}
+	for {
+		var sig os.Signal
+		select {
+		case sig = <-sigs:
+		case <-changed:
+			reload(srv, path, log, "file change")
+			watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
+			continue
+		}
 		if sig == syscall.SIGHUP {
-			reload(srv, path, log)
+			reload(srv, path, log, "SIGHUP")
+			if watch != nil {
+				watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
+			}
 			continue
 		}
 		log.Event("moat.stopping", zap.String("message", "signal "+sig.String()+": finishing transactions in progress"),
@@ -165,7 +187,6 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		log.Event("moat.stopped", zap.String("event.outcome", outcome))
 		return exitOK
 	}
-	return exitOK
 }
 
 func configName(path string) string {
@@ -186,7 +207,7 @@ func newResolver(c config.DNS) (*resolver.Resolver, error) {
 
 // reload re-reads everything; on any error the running configuration
 // stays and the problems are logged.
-func reload(srv *proxy.Server, path string, log *audit.Logger) {
+func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	rt, problems := load(path)
 	var msgs []string
 	for _, p := range problems {
@@ -194,7 +215,7 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 	}
 	if rt == nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", msgs),
-			zap.String("message", "configuration not reloaded; the previous one keeps running"))
+			zap.String("event.reason", why), zap.String("message", "configuration not reloaded; the previous one keeps running"))
 		return
 	}
 	var err error
@@ -226,7 +247,9 @@ func reload(srv *proxy.Server, path string, log *audit.Logger) {
 		rt.Cfg.DataDir = old.DataDir
 	}
 	srv.Reload(rt)
-	log.Event("config.reload", zap.String("event.outcome", "success"), zap.Strings("moat.warnings", msgs))
+	files, digest := policyDigest(rt.Cfg.Policies)
+	log.Event("config.reload", zap.String("event.outcome", "success"), zap.String("event.reason", why),
+		zap.Strings("moat.policy_files", files), zap.String("moat.policy_hash", digest), zap.Strings("moat.warnings", msgs))
 }
 
 func check(path string, stdout, stderr io.Writer) int {
