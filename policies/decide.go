@@ -73,6 +73,9 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 		}
 		entry["result"] = r.Value
 		entry["score"] = round(s)
+		if r.Reason != "" {
+			entry["reason"] = r.Reason
+		}
 		if rl.action != "" {
 			entry["action"] = string(rl.action)
 		}

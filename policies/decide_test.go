@@ -70,7 +70,7 @@ func TestDecide(t *testing.T) {
 			name:    "size fail at RCPT: the default action, the check's reply",
 			results: []filters.Result{sizeFail},
 			want: Decision{Action: Reject, Reason: "size: fail → reject", Reply: size552,
-				Checks: checks{"size": {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024)}}},
+				Checks: checks{"size": {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024), "reason": "message is 2000 bytes, limit 1024"}}},
 		},
 		{
 			name:    "score reaches tag",
@@ -161,7 +161,7 @@ func TestDecide(t *testing.T) {
 			final:   true,
 			want: Decision{Action: Reject, Score: 1, Reason: "size: fail → reject", Reply: size552, Checks: checks{
 				"spf":   {"result": "temperror", "score": 0.0, "action": "tempfail"},
-				"size":  {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024)},
+				"size":  {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024), "reason": "message is 2000 bytes, limit 1024"},
 				"dmarc": {"result": "fail", "score": 1.0, "action": "quarantine"},
 			}},
 		},
@@ -171,7 +171,7 @@ func TestDecide(t *testing.T) {
 			final:   true,
 			want: Decision{Action: Reject, Score: 20, Reason: "size: fail → reject", Reply: size552, Checks: checks{
 				"dnsbl": {"result": "fail", "score": 20.0, "zones": []string{"x.example"}},
-				"size":  {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024)},
+				"size":  {"result": "fail", "score": 0.0, "action": "reject", "size": int64(2000), "limit": int64(1024), "reason": "message is 2000 bytes, limit 1024"},
 			}},
 		},
 		{
@@ -228,7 +228,7 @@ func TestDecide(t *testing.T) {
 			results: []filters.Result{sizeFail},
 			final:   true,
 			want: Decision{Action: Accept, Reason: "score 0 < tag 5", Would: Reject, WouldReason: "size: fail → reject",
-				Checks: checks{"size": {"result": "fail", "score": 0.0, "action": "reject", "mode": "observe", "size": int64(2000), "limit": int64(1024)}}},
+				Checks: checks{"size": {"result": "fail", "score": 0.0, "action": "reject", "mode": "observe", "size": int64(2000), "limit": int64(1024), "reason": "message is 2000 bytes, limit 1024"}}},
 		},
 		{
 			name:    "scores add up without float noise",

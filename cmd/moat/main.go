@@ -28,6 +28,8 @@ const usage = `usage: moat <command> [flags]
 commands:
   serve [--config FILE]   run the gateway (the embedded default without --config)
   check [--config FILE]   validate the configuration and every policy file
+  explain --ip IP --from ADDR --to ADDR[,ADDR...] [--config FILE] [--helo NAME] [--message FILE] [--json]
+                          dry-run one transaction through the real pipeline; changes nothing
   greylist list|allow|delete [--config FILE] ...
                           inspect and release greylist entries (moat greylist for help)
   version                 print version and build information
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return usageError(fs, err)
 		}
 		return check(*path, stdout, stderr)
+	case "explain":
+		return explain(ctx, args, stdout, stderr)
 	case "greylist":
 		return greylistCmd(ctx, args, stdout, stderr)
 	case "version", "--version", "-v":
