@@ -21,6 +21,7 @@ type Config struct {
 	Policies        []string          `yaml:"policies"`
 	Greylist        Greylist          `yaml:"greylist"`
 	Redis           Redis             `yaml:"redis"`
+	Quarantine      Quarantine        `yaml:"quarantine"`
 	POP3            Mailbox           `yaml:"pop3"`
 	IMAP            Mailbox           `yaml:"imap"`
 	Log             Log               `yaml:"log"`
@@ -109,6 +110,12 @@ func (r *Route) Local() bool { return r != nil && r.Upstream == "local" }
 // Greylist selects the greylist store.
 type Greylist struct {
 	Store string `yaml:"store"` // bolt | memory | redis
+}
+
+// Quarantine configures the messages kept by the quarantine action, in
+// data_dir/quarantine.
+type Quarantine struct {
+	Lifetime yamlx.Duration `yaml:"lifetime"` // an entry is removed this long after it was received
 }
 
 // Redis is the shared state server for several gateways.

@@ -131,6 +131,7 @@ func TestBuiltinDefaults(t *testing.T) {
 		{"dns.timeout", c.DNS.Timeout.D(), 2 * time.Second},
 		{"routes", len(c.Routes), 0},
 		{"greylist.store", c.Greylist.Store, "bolt"},
+		{"quarantine.lifetime", c.Quarantine.Lifetime.D(), 30 * 24 * time.Hour},
 		{"log.format", c.Log.Format, "json"},
 		{"log.output", c.Log.Output, "stdout"},
 		{"log.level", c.Log.Level, "info"},
@@ -218,6 +219,9 @@ func TestFull(t *testing.T) {
 	}
 	if len(c.POP3.Listeners) != 2 || !c.POP3.Listeners[1].ImplicitTLS || c.POP3.UpstreamTLS != "implicit" {
 		t.Errorf("pop3 = %+v", c.POP3)
+	}
+	if c.Quarantine.Lifetime.D() != 14*24*time.Hour {
+		t.Errorf("quarantine.lifetime = %v", c.Quarantine.Lifetime)
 	}
 	if c.Admin.Addr != "127.0.0.1:9025" || c.Redis.Addr != "127.0.0.1:6379" {
 		t.Errorf("admin %q redis %q", c.Admin.Addr, c.Redis.Addr)
@@ -354,6 +358,8 @@ func TestProblems(t *testing.T) {
 			`t.yaml:3:12: dns.timeout: must be more than 0, got 0s`}},
 		{"greylist store", "hostname: mx.example.test\ngreylist: {store: sqlite}\n", []string{
 			`t.yaml:2:19: greylist.store: want bolt, memory or redis, got "sqlite"`}},
+		{"quarantine lifetime zero", "hostname: mx.example.test\nquarantine: {lifetime: 0s}\n", []string{
+			`t.yaml:2:24: quarantine.lifetime: must be more than 0, got 0s`}},
 		{"greylist redis without addr", "hostname: mx.example.test\ngreylist: {store: redis}\n", []string{
 			`t.yaml:2:19: greylist.store: redis needs redis.addr`}},
 		{"log format", "hostname: mx.example.test\nlog: {format: logfmt}\n", []string{

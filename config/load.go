@@ -158,6 +158,9 @@ func builtin() *Config {
 		},
 		DNS:      DNS{Timeout: yamlx.Duration(2 * time.Second)}, // dns.timeout; dns.servers: /etc/resolv.conf
 		Greylist: Greylist{Store: "bolt"},                       // greylist.store
+		// quarantine.lifetime: 30 days, then an entry nobody released or
+		// deleted goes.
+		Quarantine: Quarantine{Lifetime: yamlx.Duration(30 * 24 * time.Hour)},
 		Log: Log{
 			Format: "json",   // log.format
 			Output: "stdout", // log.output
@@ -348,6 +351,8 @@ func (c *Config) Validate() yamlx.Errors {
 	default:
 		v.errorf("greylist.store", "want bolt, memory or redis, got %q", c.Greylist.Store)
 	}
+
+	v.positive("quarantine.lifetime", c.Quarantine.Lifetime)
 
 	switch c.Log.Format {
 	case "json", "text":

@@ -14,7 +14,11 @@ import (
 	"moat/filters"
 	"moat/policies"
 	"moat/store/maildir"
+	"moat/store/quarantine"
 )
+
+// replyNoStorage is the reply when the quarantine cannot keep a message.
+var replyNoStorage = reply(452, "4.3.1", "Insufficient system storage")
 
 // finish decides and delivers a fully received message and returns the
 // reply for the end of data. The transaction ends here whatever happens.
@@ -272,21 +276,45 @@ func (s *session) deliverLocal(t *txn, body func() io.Reader, ev *txnEvent) *Rep
 	return reply(250, "2.0.0", "Ok: queued as %s", s.txnID(t))
 }
 
-// quarantine keeps the message with its envelope and verdict in data_dir.
+// quarantine keeps the message, as it would have gone out, with its
+// envelope and verdict in the quarantine store. The client hears 250 only
+// once the entry is on disk; when it cannot be kept, 452 4.3.1, and the
+// client retries later (nothing is lost).
 func (s *session) quarantine(t *txn, body io.Reader, ev *txnEvent) *Reply {
-	var h strings.Builder
-	fmt.Fprintf(&h, "X-Moat-Quarantine-From: <%s>\r\n", t.from)
-	for _, r := range t.rcpts {
-		fmt.Fprintf(&h, "X-Moat-Quarantine-To: <%s>\r\n", r)
-	}
-	fmt.Fprintf(&h, "X-Moat-Quarantine-Verdict: score=%g policy=%s reason=%q\r\n", ev.score, ev.policy, ev.reason)
-	dir := maildir.Dir(filepath.Join(s.cfg().DataDir, "quarantine"))
-	if _, err := dir.Deliver(&parts{strings.NewReader(h.String()), body}); err != nil {
-		s.srv.log.Error("smtp.quarantine_error", sessionFields(s, err.Error())...)
-		return reply(452, "4.3.1", "Insufficient system storage")
-	}
 	ev.upstream = "quarantine"
-	return reply(250, "2.0.0", "Ok: queued as %s", s.txnID(t))
+	q := s.rt.Quarantine
+	if q == nil {
+		s.srv.log.Error("smtp.quarantine_error", sessionFields(s, "no quarantine store")...)
+		return replyNoStorage
+	}
+	rcpts := make([]string, len(t.rcpts))
+	for i, r := range t.rcpts {
+		rcpts[i] = r.String()
+	}
+	id, err := q.Put(quarantine.Meta{
+		Envelope: quarantine.Envelope{
+			From:        t.from.String(),
+			Rcpts:       rcpts,
+			ClientIP:    s.remote.Addr().Unmap().String(),
+			Helo:        s.helo,
+			SessionID:   s.id,
+			Transaction: s.txnID(t),
+		},
+		Verdict: quarantine.Verdict{
+			Policy: ev.policy,
+			Action: ev.action,
+			Score:  ev.score,
+			Reason: ev.reason,
+			Checks: ev.checks,
+		},
+		MessageID: ev.messageID,
+		Received:  time.Now(),
+	}, body)
+	if err != nil {
+		s.srv.log.Error("smtp.quarantine_error", sessionFields(s, err.Error())...)
+		return replyNoStorage
+	}
+	return reply(250, "2.0.0", "Ok: queued as %s", id)
 }
 
 // deliverUpstream hands the message to the route's upstream and returns

@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"encoding/json"
+	"io"
 	"net/textproto"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"moat/audit"
 	"moat/internal/smtptest"
+	"moat/store/quarantine"
 )
 
 // withObserver swaps the server's logger for one that records events.
@@ -155,6 +157,14 @@ func TestTransactionEventFields(t *testing.T) {
 
 func TestQuarantineKeepsMessageWithEnvelope(t *testing.T) {
 	ts := startServer(t, routeTo("127.0.0.1:1", ""), "policy: default\nchecks:\n  size: { max: 10, action: quarantine }\n")
+	q, err := quarantine.Open(filepath.Join(ts.dir, "quarantine"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	rt := *ts.srv.Runtime()
+	rt.Quarantine = q
+	ts.srv.Reload(&rt)
 	logs := withObserver(ts)
 	c := dial(t, ts.addr)
 	c.cmd("EHLO client.example.net", "250")
@@ -162,24 +172,43 @@ func TestQuarantineKeepsMessageWithEnvelope(t *testing.T) {
 	c.cmd("RCPT TO:<u@local.test>", "250")
 	c.cmd("DATA", "354")
 	c.send(stuffed + ".\r\n")
-	c.expect("250 2.0.0 ")
-	dir := filepath.Join(ts.dir, "quarantine", "new")
-	ents, err := os.ReadDir(dir)
-	if err != nil || len(ents) != 1 {
-		t.Fatalf("quarantine holds %v (%v)", ents, err)
+	r := c.expect("250 2.0.0 Ok: queued as ")
+	ms, err := q.List(quarantine.Filter{})
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("quarantine holds %v (%v)", ms, err)
 	}
-	b, _ := os.ReadFile(filepath.Join(dir, ents[0].Name()))
-	m := string(b)
-	if !strings.HasPrefix(m, "X-Moat-Quarantine-From: <a@example.net>\r\nX-Moat-Quarantine-To: <u@local.test>\r\n") || !strings.HasSuffix(m, msg) {
-		t.Errorf("quarantined file:\n%s", m)
+	m := ms[0]
+	if !strings.HasSuffix(r, " "+m.ID) || m.Envelope.From != "a@example.net" || len(m.Envelope.Rcpts) != 1 || m.Envelope.Rcpts[0] != "u@local.test" ||
+		m.Envelope.Helo != "client.example.net" || m.Verdict.Action != "quarantine" || m.Verdict.Checks["size"]["result"] != "fail" {
+		t.Errorf("reply %q, entry %+v", r, m)
+	}
+	f, _, err := q.OpenMessage(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(f)
+	f.Close()
+	if got := string(b); !strings.HasPrefix(got, "Received: from client.example.net") || !strings.Contains(got, "Authentication-Results: mx.test") || !strings.HasSuffix(got, msg) {
+		t.Errorf("quarantined message:\n%s", got)
 	}
 	if _, err := os.Stat(filepath.Join(ts.dir, "mail", "local.test", "u")); err == nil {
 		t.Error("quarantined message was also delivered")
 	}
 	ev := waitEvents(t, logs, 1)[0]
-	if ev["moat.action"] != "quarantine" || ev["moat.upstream"] != "quarantine" || ev["event.outcome"] != "success" {
+	if ev["moat.action"] != "quarantine" || ev["moat.upstream"] != "quarantine" || ev["event.outcome"] != "success" || ev["moat.reply"] != r {
 		t.Errorf("event %v", ev)
 	}
+
+	// Without a store the client hears 452 4.3.1 and retries later.
+	rt.Quarantine = nil
+	ts.srv.Reload(&rt)
+	c = dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<u@local.test>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("452 4.3.1 Insufficient system storage")
 }
 
 func TestImplicitTLSListener(t *testing.T) {

@@ -26,6 +26,7 @@ import (
 	"moat/filters"
 	"moat/greylist"
 	"moat/policies"
+	"moat/store/quarantine"
 )
 
 // Runtime is one loaded configuration: config, compiled policies and the
@@ -37,6 +38,9 @@ type Runtime struct {
 	Cert     *tls.Certificate
 	DNS      filters.Resolver // the resolver every check shares; nil: checks that need DNS say temperror
 	Greylist greylist.Store   // the greylist store; nil: greylisting is skipped
+	// Quarantine keeps what the quarantine action holds back; nil: such
+	// messages are refused with 452 4.3.1 (the client retries).
+	Quarantine *quarantine.Store
 }
 
 // Server runs the SMTP listeners of one moat.

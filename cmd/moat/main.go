@@ -32,6 +32,8 @@ commands:
                           dry-run one transaction through the real pipeline; changes nothing
   greylist list|allow|delete [--config FILE] ...
                           inspect and release greylist entries (moat greylist for help)
+  quarantine list|show|release|delete [--config FILE] ...
+                          review kept messages; release delivers one as if accepted
   version                 print version and build information
 `
 
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return explain(ctx, args, stdout, stderr)
 	case "greylist":
 		return greylistCmd(ctx, args, stdout, stderr)
+	case "quarantine":
+		return quarantineCmd(ctx, args, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, versionString())
 		return exitOK

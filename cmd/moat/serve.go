@@ -118,19 +118,25 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer rt.Greylist.Close()
+	if rt.Quarantine, err = openQuarantine(cfg, log); err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
+	defer rt.Quarantine.Close()
+	srv, err := proxy.New(rt, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
 	mux := http.NewServeMux()
 	newGreylistAdmin(rt.Greylist, log).handlers(mux)
+	(&quarantineAdmin{store: rt.Quarantine, srv: srv, log: log}).handlers(mux)
 	ctl, err := control.Listen(control.Path(cfg.DataDir), mux)
 	if err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
 	defer ctl.Close()
-	srv, err := proxy.New(rt, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "moat: %v\n", err)
-		return exitFail
-	}
 	if err := srv.Listen(); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
@@ -226,6 +232,8 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	}
 	old := srv.Runtime().Cfg
 	rt.Greylist = srv.Runtime().Greylist
+	rt.Quarantine = srv.Runtime().Quarantine
+	rt.Quarantine.SetLifetime(rt.Cfg.Quarantine.Lifetime.D())
 	if old.Greylist != rt.Cfg.Greylist || old.Redis != rt.Cfg.Redis {
 		msgs = append(msgs, "greylist.store or redis changed: they take effect at the next restart")
 	}
