@@ -55,6 +55,12 @@ type Result struct {
 	// the score its result mapping gives (spf: { fail: 5 }) on top. Most
 	// checks leave it 0.
 	Score float64
+	// Action, when set, is an action the check's own settings call for
+	// (a header rule's `action:`): accept, tag, quarantine, tempfail or
+	// reject. The policy engine applies it as it applies a check's
+	// `action:` (the more severe of the two wins; observe mode and the
+	// RCPT-stage limits hold). Most checks leave it empty.
+	Action string
 }
 
 // Reply is an SMTP reply: a code, an enhanced status code and text.

@@ -5,6 +5,7 @@ import (
 
 	"moat/dnsbl"
 	"moat/filters"
+	"moat/filters/content"
 	"moat/filters/dkim"
 	"moat/filters/dmarc"
 	"moat/filters/spf"
@@ -60,6 +61,32 @@ var implemented = map[string]implementation{
 			return filters.NewSize(int64(*c.Size.Max))
 		},
 	},
+	// headers reports each matching rule's score (Result.Score) and the
+	// most severe matching rule action (Result.Action) itself.
+	"headers": {
+		build: func(c *Checks) filters.Check {
+			rules := make([]content.HeaderRule, len(c.Headers))
+			for i, r := range c.Headers {
+				rules[i] = content.HeaderRule{Header: r.Header, Match: r.Match.Re(), Action: string(r.Action), Observe: r.Mode == Observe}
+				if r.Score != nil {
+					rules[i].Score = *r.Score
+				}
+			}
+			return content.NewHeaders(rules)
+		},
+	},
+	"attachments": {
+		defaults: map[string]Outcome{filters.Fail: {Action: Reject}},
+		build: func(c *Checks) filters.Check {
+			return content.NewAttachments(content.AttachmentOptions{
+				BlockExtensions: c.Attachments.BlockExtensions,
+				BlockMIMETypes:  c.Attachments.BlockMIMETypes,
+			})
+		},
+	},
+	// gtube runs unless the policy says gtube: false; its fail carries
+	// content.GTUBEScore.
+	"gtube": {build: func(*Checks) filters.Check { return content.NewGTUBE() }},
 }
 
 // checkNames lists the keys of checks, in schema order.
@@ -115,6 +142,10 @@ func (c *Checks) spec(name string) checkSpec {
 		if c.Attachments != nil {
 			return c.Attachments
 		}
+	case "gtube":
+		if c.GTUBE == nil || *c.GTUBE {
+			return gtubeOn{}
+		}
 	}
 	return nil
 }
@@ -125,10 +156,21 @@ func (c *GreylistCheck) outcome(string) *Outcome { return nil }
 func (c *GreylistCheck) common() (Action, Mode)  { return c.Action, c.Mode }
 func (c *SizeCheck) outcome(string) *Outcome     { return nil }
 func (c *SizeCheck) common() (Action, Mode)      { return c.Action, c.Mode }
-func (c *AttachmentsCheck) outcome(string) *Outcome {
+func (c *AttachmentsCheck) outcome(v string) *Outcome {
+	// score: applies to a fail and replaces the default reject (an
+	// action: beside it still applies).
+	if v == filters.Fail && c.Score != nil {
+		return &Outcome{Score: *c.Score}
+	}
 	return nil
 }
 func (c *AttachmentsCheck) common() (Action, Mode) { return c.Action, c.Mode }
+
+// gtubeOn is the settings of the gtube check, which has none.
+type gtubeOn struct{}
+
+func (gtubeOn) outcome(string) *Outcome { return nil }
+func (gtubeOn) common() (Action, Mode)  { return "", "" }
 
 func (c *SPFCheck) common() (Action, Mode) { return c.Action, c.Mode }
 func (c *SPFCheck) outcome(v string) *Outcome {

@@ -36,9 +36,12 @@ type Decision struct {
 // Each result counts as the policy maps it: the check's result mapping
 // (spf: { fail: 5, temperror: tempfail }) or else the check's built-in
 // default (size: fail → reject), plus the check's own Result.Score; a
-// check's `action:` applies to its fail result. When results hold several
-// for one check (from several stages), the last one counts. A check in
-// observe mode is recorded but not applied.
+// check's `action:` applies to its fail result. A result's own Action (the
+// action of a matching header rule) applies too, whatever the result's
+// value; the more severe of the two wins, and an Action that is not an
+// action word is ignored. When results hold several for one check (from
+// several stages), the last one counts. A check in observe mode is
+// recorded but not applied.
 //
 // With final (the end of DATA; pass every result of the transaction) the
 // score thresholds apply: score ≥ reject → reject, ≥ quarantine →
@@ -62,6 +65,9 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 			continue
 		}
 		rl := p.rule(r.Check, r.Value)
+		if a, err := ParseAction(r.Action); err == nil && a.severity() > rl.action.severity() {
+			rl.action = a // the check's own choice (a header rule's action:)
+		}
 		if hr := p.honorDMARC(r, &rl); hr != nil && r.Reply == nil {
 			r.Reply = hr
 		}
@@ -96,7 +102,7 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 			}
 		}
 		if rl.action.severity() > 0 && (final || rl.action == Reject || rl.action == Tempfail) {
-			v := verdict{action: rl.action, reason: fmt.Sprintf("%s: %s → %s", r.Check, r.Value, rl.action), reply: r.Reply}
+			v := verdict{action: rl.action, reason: fmt.Sprintf("%s: %s → %s", r.Check, r.Value, rl.action), detail: r.Reason, reply: r.Reply}
 			full.consider(v)
 			if !observed {
 				applied.consider(v)
@@ -152,6 +158,7 @@ func (p *Policy) honorDMARC(r filters.Result, rl *rule) *filters.Reply {
 type verdict struct {
 	action Action
 	reason string
+	detail string // the deciding result's own reason, for the reply text
 	reply  *filters.Reply
 }
 
@@ -201,10 +208,14 @@ func reply(v verdict) *filters.Reply {
 		r := *v.reply
 		return &r
 	}
-	if v.action == Reject {
-		return &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: replyText(v.reason)}
+	text := v.reason
+	if v.detail != "" {
+		text += " (" + v.detail + ")"
 	}
-	return &filters.Reply{Code: 451, Enhanced: "4.7.1", Text: replyText(v.reason)}
+	if v.action == Reject {
+		return &filters.Reply{Code: 550, Enhanced: "5.7.1", Text: replyText(text)}
+	}
+	return &filters.Reply{Code: 451, Enhanced: "4.7.1", Text: replyText(text)}
 }
 
 // replyText makes a reason safe for an SMTP reply: ASCII only, one line.

@@ -571,6 +571,14 @@ func (v *validator) checks(s *Spec) {
 			}
 		}
 	}
+	if _, n := lookup(root, "checks", "attachments", "block_mime_types"); n != nil && c.Attachments != nil {
+		items := seqItems(n)
+		for i, mt := range c.Attachments.BlockMIMETypes {
+			if i < len(items) && !validMIMEType(mt) {
+				v.errorf(items[i], "checks.attachments.block_mime_types[%d]: want a media type such as application/x-msdownload (or application/*), got %q", i, mt)
+			}
+		}
+	}
 }
 
 // validName reports whether s is a usable policy name.
@@ -587,6 +595,24 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// validMIMEType: type/subtype of RFC 2045 tokens, or type/* for every
+// subtype.
+func validMIMEType(s string) bool {
+	typ, sub, ok := strings.Cut(s, "/")
+	token := func(t string) bool {
+		if t == "" {
+			return false
+		}
+		for _, r := range t {
+			if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?=*`, r) {
+				return false
+			}
+		}
+		return true
+	}
+	return ok && token(typ) && (sub == "*" || token(sub))
 }
 
 // validHeaderName: RFC 5322 field names are printable ASCII but ':'.

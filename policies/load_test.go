@@ -78,8 +78,8 @@ func checkBuiltin(t *testing.T, s *Set) {
 	if p.Mode() != Enforce {
 		t.Errorf("Mode() = %q, want enforce", p.Mode())
 	}
-	if len(p.Checks()) != 0 {
-		t.Errorf("Checks() = %v, want none", p.Checks())
+	if got := p.Checks(); len(got) != 1 || got[0].Name() != "gtube" {
+		t.Errorf("Checks() = %v, want gtube alone (on unless turned off)", got)
 	}
 	if p.Source() != "(built-in):1" {
 		t.Errorf("Source() = %q", p.Source())
@@ -235,7 +235,7 @@ func TestExampleLoads(t *testing.T) {
 		warned = append(warned, m[1])
 	}
 	var wantWarned []string
-	for _, c := range []string{"dnsbl", "spf", "dkim", "dmarc", "greylist", "headers", "attachments"} {
+	for _, c := range []string{"dnsbl", "spf", "dkim", "dmarc", "greylist", "headers", "attachments", "gtube"} {
 		if !Implemented(c) {
 			wantWarned = append(wantWarned, c)
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"moat/filters"
+	"moat/filters/content"
 	"moat/internal/yamlx"
 )
 
@@ -125,6 +126,7 @@ func TestInheritance(t *testing.T) {
 			if tt.wantSize != nil {
 				runs = append(runs, filters.NewSize(int64(*tt.wantSize.Max)))
 			}
+			runs = append(runs, content.NewGTUBE()) // on unless turned off
 			if got := p.Checks(); len(got) != len(runs) || (len(got) > 0 && !reflect.DeepEqual(got, runs)) {
 				t.Errorf("Checks() = %v, want %v", got, runs)
 			}

@@ -56,7 +56,8 @@ func (a *AppliesTo) empty() bool {
 }
 
 // Checks says which checks run and how their results count. A nil field
-// (or an empty Headers) means the check does not run.
+// (or an empty Headers) means the check does not run, but for GTUBE,
+// which runs unless set to false.
 type Checks struct {
 	DNSBL       *DNSBLCheck       `yaml:"dnsbl"`
 	SPF         *SPFCheck         `yaml:"spf"`
@@ -66,6 +67,7 @@ type Checks struct {
 	Size        *SizeCheck        `yaml:"size"`
 	Headers     []HeaderRule      `yaml:"headers"`
 	Attachments *AttachmentsCheck `yaml:"attachments"`
+	GTUBE       *bool             `yaml:"gtube"` // the GTUBE test string; nil: on
 }
 
 // DNSBLCheck looks the client up in DNS block and allow lists.
@@ -154,10 +156,13 @@ type HeaderRule struct {
 	Mode   Mode     `yaml:"mode"`
 }
 
-// AttachmentsCheck blocks attachments by file name extension.
+// AttachmentsCheck blocks attachments by file name extension or media
+// type. A nil list means the built-in default list, an empty one none.
 type AttachmentsCheck struct {
 	BlockExtensions []string `yaml:"block_extensions"`
-	Action          Action   `yaml:"action"`
+	BlockMIMETypes  []string `yaml:"block_mime_types"`
+	Score           *float64 `yaml:"score"`  // what a fail scores; set alone, no default reject
+	Action          Action   `yaml:"action"` // what a fail does; default reject unless score is set
 	Mode            Mode     `yaml:"mode"`
 }
 
