@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"moat/internal/syncbuf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +23,7 @@ func runMoat(t testing.TB, dir string, args ...string) (int, string, string) {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
 	cmd.SysProcAttr = childAttr()
-	var out, errOut syncBuffer
+	var out, errOut syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	if ctx.Err() != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"moat/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
@@ -374,7 +375,7 @@ func (m *Moat) WaitTransactionEvent(n int) Event {
 type process struct {
 	cmd      *exec.Cmd
 	stdout   *EventLog
-	stderr   *syncBuffer
+	stderr   *syncbuf.Buffer
 	exited   chan struct{}
 	mu       sync.Mutex
 	exitCode int
@@ -404,7 +405,7 @@ func (p *process) wait(timeout time.Duration) bool {
 // with a 220 greeting. On failure the process is gone.
 func startProcess(t testing.TB, bin string, args []string, dir, readyAddr string) (*process, error) {
 	t.Helper()
-	p := &process{stdout: newEventLog(), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{stdout: newEventLog(), stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
@@ -621,23 +622,6 @@ func (l *EventLog) await(timeout time.Duration, cond func([]Event) bool) bool {
 			return cond(l.Events())
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func lastLines(s string, n int) string {

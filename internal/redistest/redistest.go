@@ -9,9 +9,9 @@ package redistest
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
+	"moat/internal/syncbuf"
 	"net"
 	"os/exec"
 	"strconv"
@@ -82,7 +82,7 @@ type Server struct {
 	bin  string
 	dir  string
 	addr string
-	out  lockedBuffer // every run's output, logged when the test fails
+	out  syncbuf.Buffer // every run's output, logged when the test fails
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -304,36 +304,4 @@ func ping(addr string, timeout time.Duration) error {
 		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
 	}
 	return nil
-}
-
-// lockedBuffer collects a process's output, written from os/exec's copying
-// goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Len()
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// Since returns what was written after the first n bytes.
-func (l *lockedBuffer) Since(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b.Bytes()[n:])
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"moat/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
@@ -12,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -77,23 +77,6 @@ func StartPostfixSink(t testing.TB, dumpDir string, extraArgs ...string) string 
 
 var errPortTaken = errors.New("port taken")
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func startPostfixSink(t testing.TB, bin string, args []string) (string, error) {
 	t.Helper()
 	port, err := FreePort()
@@ -101,7 +84,7 @@ func startPostfixSink(t testing.TB, bin string, args []string) (string, error) {
 		return "", err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	cmd := exec.Command(bin, append(append([]string(nil), args...), "inet:"+addr, "64")...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = childAttr()
