@@ -48,6 +48,7 @@ smtp:
   max_message_size: 25MiB
 routes:
   example.com: { upstream: "127.0.0.1:$SINK_PORT" }
+dns: { servers: ["127.0.0.1:53"] }   # loopback only: no check here needs DNS
 log: { format: json, output: $work/events.log }
 YAML
 "$work/moat" serve --config "$work/moat.yaml" 2>"$work/moat.err" &

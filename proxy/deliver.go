@@ -161,8 +161,8 @@ func (s *session) received(t *txn) string {
 		proto += "A"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (moat) with %s id %s", cleanHelo(s.helo), s.remote.Addr().Unmap(),
-		s.cfg().Hostname, proto, s.txnID(t))
+	fmt.Fprintf(&b, "Received: from %s (%s[%s])\r\n\tby %s (moat) with %s id %s", cleanHelo(s.helo), rdnsPart(s.clientName()),
+		s.remote.Addr().Unmap(), s.cfg().Hostname, proto, s.txnID(t))
 	if s.tlsState != nil {
 		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", tlsVersionName(s.tlsState.Version), cipherName(s.tlsState.CipherSuite))
 	}
@@ -171,6 +171,15 @@ func (s *session) received(t *txn) string {
 	}
 	fmt.Fprintf(&b, ";\r\n\t%s\r\n", time.Now().Format("Mon, 02 Jan 2006 15:04:05 -0700 (MST)"))
 	return b.String()
+}
+
+// rdnsPart is the TCP-info name of the Received header (RFC 5321 section
+// 4.4): the confirmed reverse name and a space, or nothing.
+func rdnsPart(name string) string {
+	if name == "" {
+		return ""
+	}
+	return cleanHelo(name) + " "
 }
 
 // cleanHelo makes the HELO name safe inside a header: it is the client's

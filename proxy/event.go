@@ -50,7 +50,7 @@ func (ev *txnEvent) fields() []zap.Field {
 		zap.String("moat.listener", s.l.name),
 		zap.String("source.ip", s.remote.Addr().Unmap().String()),
 		zap.Uint16("source.port", s.remote.Port()),
-		zap.String("source.domain", ""),
+		zap.String("source.domain", s.clientName()),
 		zap.String("moat.helo", s.helo),
 		zap.String("tls.version", tlsVersion(s.tlsState)),
 		zap.String("user.name", s.user),

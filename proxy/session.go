@@ -52,6 +52,8 @@ type session struct {
 	errs     int // error replies to bad commands
 	quit     bool
 
+	rdns *rdns // the client's confirmed reverse DNS name, looked up at connect
+
 	mu   sync.Mutex // guards idle against Server.Shutdown
 	idle bool       // waiting for a command outside a transaction
 
@@ -99,6 +101,7 @@ func (s *session) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the session's background lookups
 	defer s.close()
+	s.lookupRDNS(ctx)
 	s.prefetch(ctx, "")
 	if s.l.conf.ImplicitTLS {
 		if !s.handshake() {
