@@ -27,6 +27,7 @@ import (
 	"moat/greylist"
 	"moat/policies"
 	"moat/store/quarantine"
+	"moat/store/users"
 )
 
 // Runtime is one loaded configuration: config, compiled policies and the
@@ -38,6 +39,7 @@ type Runtime struct {
 	Cert     *tls.Certificate
 	DNS      filters.Resolver // the resolver every check shares; nil: checks that need DNS say temperror
 	Greylist greylist.Store   // the greylist store; nil: greylisting is skipped
+	Users    *users.DB        // the built-in store's users; nil: every local name is taken
 	// Quarantine keeps what the quarantine action holds back; nil: such
 	// messages are refused with 452 4.3.1 (the client retries).
 	Quarantine *quarantine.Store

@@ -498,6 +498,16 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 		if _, err := localDir(s.cfg().DataDir, addr); err != nil {
 			return reply(550, "5.1.1", "Mailbox name not allowed")
 		}
+		if u := s.rt.Users; u != nil {
+			known, domainHasUsers, err := u.Lookup(addr.String())
+			switch {
+			case err != nil:
+				s.srv.log.Error("users.error", sessionFields(s, err.Error())...)
+				return reply(451, "4.3.0", "Temporary lookup failure")
+			case domainHasUsers && !known:
+				return reply(550, "5.1.1", "Recipient address rejected: User unknown in local recipient table")
+			}
+		}
 	} else {
 		if r := s.verifyUpstream(ctx, t, route, addr); r != nil {
 			return r

@@ -20,6 +20,7 @@ import (
 	"moat/internal/smtptest"
 	"moat/internal/tlsutil"
 	"moat/policies"
+	"moat/store/users"
 )
 
 func TestMain(m *testing.M) {
@@ -467,4 +468,24 @@ func TestDeliveryWithoutUpstreamPipelining(t *testing.T) {
 	if n := len(sink.Accepted()); n != 1 {
 		t.Errorf("sink accepted %d messages, want 1", n)
 	}
+}
+
+func TestLocalUsers(t *testing.T) {
+	ts := startServer(t, routeTo("127.0.0.1:1", "")+"  other.test: { upstream: local }\n", "")
+	db := users.Open(filepath.Join(ts.dir, "users"))
+	if err := db.Add("alice@local.test", "a long password"); err != nil {
+		t.Fatal(err)
+	}
+	rt := *ts.srv.Runtime()
+	rt.Users = db
+	ts.srv.Reload(&rt)
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<Alice@local.test>", "250")
+	c.cmd("RCPT TO:<nobody@local.test>", "550 5.1.1 Recipient address rejected: User unknown in local recipient table")
+	c.cmd("RSET", "250")
+	// A local domain without users takes any name.
+	c.cmd("MAIL FROM:<a@example.net>", "250")
+	c.cmd("RCPT TO:<anyone@other.test>", "250")
 }

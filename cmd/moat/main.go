@@ -28,6 +28,8 @@ const usage = `usage: moat <command> [flags]
 commands:
   serve [--config FILE]   run the gateway (the embedded default without --config)
   check [--config FILE]   validate the configuration and every policy file
+  user add|passwd|del|list [--config FILE] [ADDRESS]
+                          manage the built-in store's users (password on standard input)
   explain --ip IP --from ADDR --to ADDR[,ADDR...] [--config FILE] [--helo NAME] [--message FILE] [--json]
                           dry-run one transaction through the real pipeline; changes nothing
   greylist list|allow|delete [--config FILE] ...
@@ -56,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return usageError(fs, err)
 		}
 		return check(*path, stdout, stderr)
+	case "user":
+		return userCmd(ctx, args, os.Stdin, stdout, stderr)
 	case "explain":
 		return explain(ctx, args, stdout, stderr)
 	case "greylist":

@@ -22,6 +22,7 @@ import (
 	"moat/policies"
 	"moat/proxy"
 	"moat/resolver"
+	"moat/store/users"
 )
 
 // load reads the configuration and the policy files it names. problems
@@ -113,6 +114,7 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	redis.SetLogger(redisLog{log})
+	rt.Users = users.Open(usersPath(cfg))
 	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
@@ -233,6 +235,7 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	old := srv.Runtime().Cfg
 	rt.Greylist = srv.Runtime().Greylist
 	rt.Quarantine = srv.Runtime().Quarantine
+	rt.Users = srv.Runtime().Users
 	rt.Quarantine.SetLifetime(rt.Cfg.Quarantine.Lifetime.D())
 	if old.Greylist != rt.Cfg.Greylist || old.Redis != rt.Cfg.Redis {
 		msgs = append(msgs, "greylist.store or redis changed: they take effect at the next restart")
