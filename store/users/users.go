@@ -25,6 +25,13 @@ const Cost = 12
 // DB is the user list of one file. It is safe for concurrent use.
 type DB struct {
 	path string
+	// HashCost is the bcrypt cost of hashes this DB writes; 0 means Cost.
+	HashCost int
+
+	// dummy is compared against for unknown users, so that a login for a
+	// name that does not exist takes as long; made at first use.
+	dummyOnce sync.Once
+	dummy     []byte
 
 	mu      sync.Mutex
 	users   map[string][]byte // address → bcrypt hash
@@ -125,12 +132,20 @@ func (d *DB) Verify(addr, password string) bool {
 	hash, ok := d.users[a]
 	d.mu.Unlock()
 	if !ok {
-		hash = dummyHash
+		d.dummyOnce.Do(func() {
+			d.dummy, _ = bcrypt.GenerateFromPassword([]byte("moat: no such user"), d.cost())
+		})
+		hash = d.dummy
 	}
 	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil && ok
 }
 
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("moat: no such user"), Cost)
+func (d *DB) cost() int {
+	if d.HashCost == 0 {
+		return Cost
+	}
+	return d.HashCost
+}
 
 // List returns the users, sorted.
 func (d *DB) List() ([]string, error) {
@@ -187,7 +202,7 @@ func (d *DB) edit(addr, password string, create, del bool) error {
 	case del:
 		delete(users, a)
 	default:
-		h, err := bcrypt.GenerateFromPassword([]byte(password), Cost)
+		h, err := bcrypt.GenerateFromPassword([]byte(password), d.cost())
 		if err != nil {
 			return fmt.Errorf("users: %w", err)
 		}
