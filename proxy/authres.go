@@ -72,8 +72,8 @@ func clean(s string) string {
 // results downstream systems trust because they name this gateway.
 // header is the raw header section with CRLF line ends.
 func stripAuthResults(header []byte, authservID string) []byte {
-	if !bytes.Contains(bytes.ToLower(header), []byte("authentication-results")) {
-		return header
+	if !hasField(header, "Authentication-Results") {
+		return header // the common case: nothing to copy
 	}
 	var out bytes.Buffer
 	lines := bytes.SplitAfter(header, []byte("\r\n"))
@@ -96,6 +96,25 @@ func stripAuthResults(header []byte, authservID string) []byte {
 		}
 	}
 	return out.Bytes()
+}
+
+// hasField reports whether the header section has a field of that name,
+// without allocating (it runs for every message).
+func hasField(header []byte, name string) bool {
+	for len(header) > 0 {
+		line := header
+		if i := bytes.IndexByte(header, '\n'); i >= 0 {
+			line, header = header[:i+1], header[i+1:]
+		} else {
+			header = nil
+		}
+		// Names match as stripAuthResults matches them: white space
+		// before the colon (RFC 5322 obsolete syntax) does not hide one.
+		if n, _, ok := bytes.Cut(line, []byte(":")); ok && strings.EqualFold(string(bytes.TrimSpace(n)), name) {
+			return true
+		}
+	}
+	return false
 }
 
 // fieldValue joins the first line's value with its continuation lines.

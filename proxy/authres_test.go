@@ -14,6 +14,9 @@ func TestStripAuthResults(t *testing.T) {
 		"Authentication-Results: other.example; spf=fail\r\n" +
 		"Authentication-Results: mx.test.evil.example; spf=pass\r\n" +
 		"Subject: x\r\n\r\n"
+	if got := string(stripAuthResults([]byte("From: a\r\nAuthentication-Results : mx.test; dkim=pass\r\n\r\n"), "mx.test")); got != "From: a\r\n\r\n" {
+		t.Errorf("a space before the colon hid a forged field: %q", got)
+	}
 	got := string(stripAuthResults([]byte(header), "mx.test"))
 	want := "From: a@example.net\r\n" +
 		"Authentication-Results: other.example; spf=fail\r\n" +

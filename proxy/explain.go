@@ -85,7 +85,7 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 		e := &res.Recipients[len(res.Recipients)-1]
 		addr, _, err := parseArg("TO:<"+rs+">", "TO:", false)
 		if err != nil {
-			e.Reply = reply(501, "5.1.3", "Bad recipient address syntax").String()
+			e.Reply = replyBadRcpt.String()
 			continue
 		}
 		route, ok := c.Route(addr.ASCIIDomain())
@@ -95,7 +95,7 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 		}
 		e.Route = route.Upstream
 		if t.dest != "" && route.Upstream != t.dest {
-			e.Reply = reply(452, "4.5.3", "Recipient goes to another destination; send it in a separate transaction").String()
+			e.Reply = replyOtherDest.String()
 			continue
 		}
 		if res.Trusted {
@@ -112,7 +112,7 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 			e.Why = "its applies_to matches"
 		}
 		if t.policy != nil && pol != t.policy {
-			e.Reply = reply(452, "4.5.3", "Recipient has a different policy; send it in a separate transaction").String()
+			e.Reply = replyOtherPolicy.String()
 			continue
 		}
 		if lr := pol.Lists(remote.Addr(), from.String(), addr.String()); lr.Denied {
@@ -139,9 +139,9 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 				continue
 			}
 			if g := pol.Greylist(); g != nil {
-				switch {
-				case d.Score < g.MinScore:
-					e.Greylist = "skipped: score below min_score"
+				switch why := greylistExempt(g, d, append(append([]filters.Result(nil), t.results...), results...), false); {
+				case why != "":
+					e.Greylist = "skipped: " + why
 				case g.AtData:
 					e.Greylist = "checked after DATA against the store (explain does not touch it)"
 				default:

@@ -35,15 +35,23 @@ func (srv *Server) greylister(st greylist.Store, p greylist.Params) *greylist.Gr
 
 // greylistSkip says why a transaction is not greylisted, or "" when it is.
 func (s *session) greylistSkip(t *txn, g *policies.GreylistSettings, d policies.Decision) string {
-	switch {
-	case s.rt.Greylist == nil:
+	if s.rt.Greylist == nil {
 		return "no greylist store"
-	case s.user != "":
+	}
+	return greylistExempt(g, d, t.results, s.user != "")
+}
+
+// greylistExempt is the policy's side of greylistSkip, shared with
+// Explain: authenticated users, DNSWL-listed clients and scores under
+// min_score are not greylisted.
+func greylistExempt(g *policies.GreylistSettings, d policies.Decision, results []filters.Result, authenticated bool) string {
+	switch {
+	case authenticated:
 		return "authenticated"
 	case d.Score < g.MinScore:
 		return "score below min_score"
 	}
-	for _, r := range t.results {
+	for _, r := range results {
 		if r.Check == "dnsbl" && r.Value == filters.Pass {
 			return "DNSWL-listed client"
 		}

@@ -79,4 +79,7 @@ var (
 	replyShutdown      = reply(421, "4.3.2", "Service shutting down, try again later")
 	replyTimeout       = reply(421, "4.4.2", "Timeout exceeded, closing connection")
 	replyTooManyErrors = reply(421, "4.7.0", "Too many errors, closing connection")
+	replyBadRcpt       = reply(501, "5.1.3", "Bad recipient address syntax")
+	replyOtherDest     = reply(452, "4.5.3", "Recipient goes to another destination; send it in a separate transaction")
+	replyOtherPolicy   = reply(452, "4.5.3", "Recipient has a different policy; send it in a separate transaction")
 )

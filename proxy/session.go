@@ -435,7 +435,7 @@ func (s *session) cmdRcpt(ctx context.Context, arg string) {
 		}
 	}
 	if err != nil {
-		s.bad(reply(501, "5.1.3", "Bad recipient address syntax"))
+		s.bad(replyBadRcpt)
 		return
 	}
 	if len(params) > 0 {
@@ -467,14 +467,14 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	}
 	dest := route.Upstream
 	if t.dest != "" && dest != t.dest {
-		return reply(452, "4.5.3", "Recipient goes to another destination; send it in a separate transaction")
+		return replyOtherDest
 	}
 	rcpt := addr.String()
 	var pol *policies.Policy
 	if !s.trusted {
 		pol = s.rt.Policies.For(rcpt, t.from.String(), s.remote.Addr())
 		if t.policy != nil && pol != t.policy {
-			return reply(452, "4.5.3", "Recipient has a different policy; send it in a separate transaction")
+			return replyOtherPolicy
 		}
 		lr := pol.Lists(s.remote.Addr(), t.from.String(), rcpt)
 		if lr.Denied {
