@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"moat/auth"
 	"net"
 	"net/netip"
 	"os"
@@ -43,6 +44,9 @@ type Runtime struct {
 	// Quarantine keeps what the quarantine action holds back; nil: such
 	// messages are refused with 452 4.3.1 (the client retries).
 	Quarantine *quarantine.Store
+	// Auth decides SMTP AUTH logins on submission listeners; nil: AUTH is
+	// not offered.
+	Auth auth.Authenticator
 }
 
 // Server runs the SMTP listeners of one moat.
