@@ -24,6 +24,7 @@ type Config struct {
 	Quarantine      Quarantine        `yaml:"quarantine"`
 	POP3            Mailbox           `yaml:"pop3"`
 	IMAP            Mailbox           `yaml:"imap"`
+	Auth            Auth              `yaml:"auth"`
 	Log             Log               `yaml:"log"`
 	Admin           Admin             `yaml:"admin"`
 
@@ -123,7 +124,8 @@ type Redis struct {
 	Addr string `yaml:"addr"`
 }
 
-// Mailbox configures a POP3 or IMAP4 service.
+// Mailbox configures a POP3 or IMAP4 service. Without listeners the
+// service is off.
 type Mailbox struct {
 	Listeners   []MailboxListener `yaml:"listeners"`
 	Upstream    string            `yaml:"upstream"`
@@ -135,6 +137,27 @@ type Mailbox struct {
 type MailboxListener struct {
 	Addr        string `yaml:"addr"`
 	ImplicitTLS bool   `yaml:"implicit_tls"`
+}
+
+// Auth governs logins on POP3, IMAP4 and SMTP submission: where a
+// password may travel in clear, and how password guessing is slowed down
+// and locked out.
+type Auth struct {
+	// AllowPlaintextAuth lets clients outside smtp.trusted_networks send a
+	// password over an unencrypted connection (off: they must use TLS).
+	AllowPlaintextAuth bool `yaml:"allow_plaintext_auth"`
+	// FailureDelays is the wait before answering the first, second, ...
+	// failed login in a row; the last one repeats.
+	FailureDelays []yamlx.Duration `yaml:"failure_delays"`
+	// MaxFailuresPerIP and MaxFailuresPerUser failures within
+	// FailureWindow lock that client or that user out for Lockout.
+	MaxFailuresPerIP   int            `yaml:"max_failures_per_ip"`
+	MaxFailuresPerUser int            `yaml:"max_failures_per_user"`
+	FailureWindow      yamlx.Duration `yaml:"failure_window"`
+	Lockout            yamlx.Duration `yaml:"lockout"`
+	// AllowNetworks are never delayed nor locked out (monitoring, the
+	// office's own NAT address).
+	AllowNetworks []yamlx.Prefix `yaml:"allow_networks"`
 }
 
 // Log configures where events go.

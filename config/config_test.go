@@ -67,9 +67,22 @@ func TestDefault(t *testing.T) {
 	if c.Log.Format != "json" || c.Log.Output != "stdout" {
 		t.Errorf("log = %+v", c.Log)
 	}
-	// No pop3, imap or admin in the default: those services do not exist yet.
-	if len(c.POP3.Listeners) != 0 || len(c.IMAP.Listeners) != 0 || c.Admin.Addr != "" {
-		t.Errorf("default lists services this build lacks: pop3 %v imap %v admin %q", c.POP3, c.IMAP, c.Admin.Addr)
+	// POP3 and IMAP on the loopback ports SPEC.md names, over the store.
+	wantMailbox := func(name string, m Mailbox, plain, implicit string) {
+		t.Helper()
+		if m.Upstream != "local" || len(m.Listeners) != 2 ||
+			m.Listeners[0] != (MailboxListener{Addr: plain}) || m.Listeners[1] != (MailboxListener{Addr: implicit, ImplicitTLS: true}) {
+			t.Errorf("%s = %+v, want %s and %s (implicit TLS) over the store", name, m, plain, implicit)
+		}
+	}
+	wantMailbox("pop3", c.POP3, "127.0.0.1:1110", "127.0.0.1:1995")
+	wantMailbox("imap", c.IMAP, "127.0.0.1:1143", "127.0.0.1:1993")
+	if c.Auth.AllowPlaintextAuth || len(c.Auth.FailureDelays) != 4 || c.Auth.Lockout.D() != 15*time.Minute {
+		t.Errorf("auth = %+v", c.Auth)
+	}
+	// No admin in the default: that service does not exist yet.
+	if c.Admin.Addr != "" {
+		t.Errorf("default lists a service this build lacks: admin %q", c.Admin.Addr)
 	}
 
 	// The embedded text is the example users copy: it loads from a file too,
@@ -286,6 +299,23 @@ func TestProblems(t *testing.T) {
 		{"listener addr twice", "hostname: mx.example.test\nsmtp:\n  listeners:\n    - {addr: \"127.0.0.1:25\"}\n    - {addr: \"127.0.0.1:025\", mode: submission}\n", []string{
 			`t.yaml:5:14: smtp.listeners[1].addr: "127.0.0.1:025" is already used by smtp.listeners[0]`}},
 
+		// pop3, imap and auth
+		{"imap on an smtp port", "hostname: mx.example.test\nsmtp:\n  listeners: [{addr: \":25\"}]\nimap:\n  listeners: [{addr: \":025\"}]\n", []string{
+			`t.yaml:5:22: imap.listeners[0].addr: ":025" is already used by smtp.listeners[0]`}},
+		{"pop3 bad addr", "hostname: mx.example.test\npop3: {listeners: [{addr: \"110\"}]}\n", []string{
+			`t.yaml:2:27: pop3.listeners[0].addr: want host:port such as ":25" or "127.0.0.1:2525", got "110"`}},
+		{"pop3 proxy mode", "hostname: mx.example.test\npop3: {upstream: \"exchange.corp:995\"}\n", []string{
+			`t.yaml:2:18: pop3.upstream: proxy mode (upstream "exchange.corp:995") is not implemented in this version; use local`}},
+		{"imap upstream_tls", "hostname: mx.example.test\nimap: {upstream: local, upstream_tls: maybe}\n", []string{
+			`t.yaml:2:39: imap.upstream_tls: want implicit, starttls or none, got "maybe"`}},
+		{"auth values", "hostname: mx.example.test\nauth: {failure_delays: [2s, 2m], max_failures_per_ip: 0, max_failures_per_user: -1, lockout: 0s}\n", []string{
+			`t.yaml:2:29: auth.failure_delays[1]: must be from 0s to 1m, got 2m0s`,
+			`t.yaml:2:55: auth.max_failures_per_ip: must be 1 or more, got 0`,
+			`t.yaml:2:81: auth.max_failures_per_user: must be 1 or more, got -1`,
+			`t.yaml:2:94: auth.lockout: must be more than 0, got 0s`}},
+		{"auth no delays", "hostname: mx.example.test\nauth: {failure_delays: []}\n", []string{
+			`t.yaml:2:24: auth.failure_delays: needs at least one delay (0s for none)`}},
+
 		// limits of the session
 		{"max_message_size zero", "hostname: mx.example.test\nsmtp: {max_message_size: 0}\n", []string{
 			`t.yaml:2:26: smtp.max_message_size: must be more than 0 and at most 2GiB, got 0`}},
@@ -409,8 +439,6 @@ func TestWarnings(t *testing.T) {
 		{"proxy_protocol", "hostname: mx.example.test\nsmtp:\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", []string{
 			`t.yaml:5:21: warning: smtp.listeners[1].proxy_protocol: not implemented in this version; ignored`}},
 		{"services", "hostname: mx.example.test\npop3: {upstream: local}\nimap: {upstream: local}\nadmin: {addr: \"127.0.0.1:9025\"}\nredis: {addr: \"127.0.0.1:6379\"}\nlog: {syslog: {addr: \"siem:6514\"}}\n", []string{
-			`t.yaml:2:1: warning: pop3: not implemented in this version; ignored`,
-			`t.yaml:3:1: warning: imap: not implemented in this version; ignored`,
 			`t.yaml:4:1: warning: admin: not implemented in this version; ignored`,
 			`t.yaml:6:7: warning: log.syslog: not implemented in this version; ignored`}},
 		{"trusting everyone", "hostname: mx.example.test\nsmtp: {trusted_networks: [\"::/0\", 0.0.0.0/0]}\n", []string{

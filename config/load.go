@@ -161,6 +161,22 @@ func builtin() *Config {
 		// quarantine.lifetime: 30 days, then an entry nobody released or
 		// deleted goes.
 		Quarantine: Quarantine{Lifetime: yamlx.Duration(30 * 24 * time.Hour)},
+		// pop3, imap: no listeners, so off unless the file asks;
+		// upstream local (the built-in store).
+		POP3: Mailbox{Upstream: "local"},
+		IMAP: Mailbox{Upstream: "local"},
+		Auth: Auth{
+			// auth.failure_delays: 2s, 4s, 8s, then 15s for every further
+			// failure in a row (Dovecot's auth_failure_delay is a flat 2s).
+			FailureDelays: []yamlx.Duration{
+				yamlx.Duration(2 * time.Second), yamlx.Duration(4 * time.Second),
+				yamlx.Duration(8 * time.Second), yamlx.Duration(15 * time.Second),
+			},
+			MaxFailuresPerIP:   10,                               // auth.max_failures_per_ip
+			MaxFailuresPerUser: 10,                               // auth.max_failures_per_user
+			FailureWindow:      yamlx.Duration(15 * time.Minute), // auth.failure_window
+			Lockout:            yamlx.Duration(15 * time.Minute), // auth.lockout
+		},
 		Log: Log{
 			Format: "json",   // log.format
 			Output: "stdout", // log.output
@@ -269,8 +285,6 @@ var notImplemented = []struct {
 	{"smtp.limits.connection_rate_per_ip", present},
 	{"smtp.limits.pregreet_wait", present},
 	{"smtp.listeners[].proxy_protocol", isTrue},
-	{"pop3", present},
-	{"imap", present},
 	{"log.syslog", present},
 	{"admin", present},
 }
@@ -319,7 +333,11 @@ func (c *Config) Validate() yamlx.Errors {
 		v.errorf("data_dir", "must not be empty")
 	}
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
-	v.smtp(&c.SMTP)
+	used := map[string]string{} // normalized listen address -> path of its first user
+	v.smtp(&c.SMTP, used)
+	v.mailbox("pop3", &c.POP3, used)
+	v.mailbox("imap", &c.IMAP, used)
+	v.auth(&c.Auth)
 	v.routes(c.Routes)
 
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
@@ -380,20 +398,80 @@ func (c *Config) Validate() yamlx.Errors {
 	return v.errs
 }
 
-func (v *validator) smtp(s *SMTP) {
+// listener checks one listen address at path p, and that no other
+// listener of any service took it already.
+func (v *validator) listener(p, addr string, used map[string]string) {
+	if norm, problem := listenAddr(addr); problem != "" {
+		v.errorf(p+".addr", "%s", problem)
+	} else if first, dup := used[norm]; dup {
+		v.errorf(p+".addr", "%q is already used by %s", addr, first)
+	} else {
+		used[norm] = p
+	}
+}
+
+// mailbox checks the pop3 or imap section.
+func (v *validator) mailbox(name string, m *Mailbox, used map[string]string) {
+	for i, l := range m.Listeners {
+		v.listener(fmt.Sprintf("%s.listeners[%d]", name, i), l.Addr, used)
+	}
+	badTLS := false
+	switch m.UpstreamTLS {
+	case "", "implicit", "starttls", "none":
+	default:
+		badTLS = true
+		v.errorf(name+".upstream_tls", "want implicit, starttls or none, got %q", m.UpstreamTLS)
+	}
+	switch {
+	case m.Upstream == "local":
+		for _, k := range []struct{ key, val string }{{"upstream_tls", m.UpstreamTLS}, {"ca_file", m.CAFile}} {
+			if k.val != "" && !(badTLS && k.key == "upstream_tls") {
+				v.warnf(name+"."+k.key, "only used in proxy mode (upstream host:port); ignored with upstream local")
+			}
+		}
+	case m.Upstream == "":
+		v.errorf(name+".upstream", "must be set: local or host:port")
+	default:
+		if problem := upstreamAddr(m.Upstream); problem != "" {
+			v.errorf(name+".upstream", "%s", problem)
+		} else {
+			// Refused rather than ignored: serving the built-in store to
+			// users who expect their own server would look like lost mail.
+			v.errorf(name+".upstream", "proxy mode (upstream %q) is not implemented in this version; use local", m.Upstream)
+		}
+	}
+}
+
+// auth checks the login settings.
+func (v *validator) auth(a *Auth) {
+	if len(a.FailureDelays) == 0 {
+		v.errorf("auth.failure_delays", "needs at least one delay (0s for none)")
+	}
+	for i, d := range a.FailureDelays {
+		if d < 0 || time.Duration(d) > time.Minute {
+			v.errorf(fmt.Sprintf("auth.failure_delays[%d]", i), "must be from 0s to 1m, got %s", d)
+		}
+	}
+	if a.MaxFailuresPerIP < 1 {
+		v.errorf("auth.max_failures_per_ip", "must be 1 or more, got %d", a.MaxFailuresPerIP)
+	}
+	if a.MaxFailuresPerUser < 1 {
+		v.errorf("auth.max_failures_per_user", "must be 1 or more, got %d", a.MaxFailuresPerUser)
+	}
+	v.positive("auth.failure_window", a.FailureWindow)
+	v.positive("auth.lockout", a.Lockout)
+	if a.AllowPlaintextAuth {
+		v.warnf("auth.allow_plaintext_auth", "passwords may cross the network unencrypted from any client")
+	}
+}
+
+func (v *validator) smtp(s *SMTP, used map[string]string) {
 	if len(s.Listeners) == 0 {
 		v.errorf("smtp.listeners", "at least one SMTP listener is needed")
 	}
-	used := map[string]string{} // normalized addr -> path of its first listener
 	for i, l := range s.Listeners {
 		p := fmt.Sprintf("smtp.listeners[%d]", i)
-		if norm, problem := listenAddr(l.Addr); problem != "" {
-			v.errorf(p+".addr", "%s", problem)
-		} else if first, dup := used[norm]; dup {
-			v.errorf(p+".addr", "%q is already used by %s", l.Addr, first)
-		} else {
-			used[norm] = p
-		}
+		v.listener(p, l.Addr, used)
 		switch l.Mode {
 		case "", "mx", "submission":
 		default:
