@@ -32,6 +32,8 @@ func (s *session) newEvent(t *txn) *txnEvent {
 		ev.policy = t.policy.Name()
 	} else if s.trusted {
 		ev.policy = "trusted"
+	} else if s.user != "" {
+		ev.policy = "authenticated"
 	}
 	return ev
 }

@@ -261,7 +261,7 @@ func (s *session) handle(ctx context.Context, line string) {
 	case "TURN", "ETRN", "ATRN":
 		s.bad(reply(502, "5.5.1", "%s not implemented", verb))
 	case "AUTH":
-		s.bad(reply(503, "5.5.1", "Authentication not available"))
+		s.cmdAuth(ctx, arg)
 	case "CONNECT", "GET", "POST", "HEAD", "PUT":
 		// Somebody speaks HTTP to the SMTP port (a proxy abuse probe).
 		s.send(reply(421, "4.7.0", "Not an HTTP server, closing connection"))
@@ -296,6 +296,9 @@ func (s *session) cmdHelo(verb, arg string) {
 	if s.tlsState == nil && s.srv.tlsConfig != nil {
 		lines = append(lines, "STARTTLS")
 	}
+	if s.authOffered() {
+		lines = append(lines, "AUTH PLAIN LOGIN")
+	}
 	s.send(&Reply{Code: 250, Text: strings.Join(lines, "\n")})
 }
 
@@ -329,8 +332,9 @@ func (s *session) cmdStartTLS(arg string) {
 		s.quit = true
 		return
 	}
-	// RFC 3207 section 4.2: forget everything learnt before TLS.
-	s.helo, s.esmtp = "", false
+	// RFC 3207 section 4.2: forget everything learnt before TLS, a login
+	// made in clear (trusted networks) included.
+	s.helo, s.esmtp, s.user = "", false, ""
 }
 
 // handshake runs the server side of TLS over the raw connection.
@@ -393,6 +397,14 @@ func (s *session) cmdMail(ctx context.Context, arg string) {
 				return
 			}
 			t.utf8 = true
+		case "AUTH":
+			// RFC 4954 section 5: a server that offers AUTH takes the
+			// parameter. moat passes on no identity it did not check
+			// itself, so the value is dropped.
+			if !s.authAvailable() {
+				s.bad(reply(555, "5.5.4", "Unsupported parameter %s", p.Key))
+				return
+			}
 		default:
 			s.bad(reply(555, "5.5.4", "Unsupported parameter %s", p.Key))
 			return
@@ -462,7 +474,8 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	domain := addr.ASCIIDomain()
 	route, ok := s.cfg().Route(domain)
 	if !ok {
-		// Relaying to the internet is not a feature yet, trusted or not.
+		// Relaying to the internet is not a feature yet, trusted or
+		// authenticated: outbound relay comes later.
 		return replyRelayDenied
 	}
 	dest := route.Upstream
@@ -471,7 +484,7 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	}
 	rcpt := addr.String()
 	var pol *policies.Policy
-	if !s.trusted {
+	if !s.unfiltered() {
 		pol = s.rt.Policies.For(rcpt, t.from.String(), s.remote.Addr())
 		if t.policy != nil && pol != t.policy {
 			return replyOtherPolicy
@@ -565,7 +578,7 @@ func runChecks(ctx context.Context, pol *policies.Policy, ftx *filters.Txn, want
 // the background, so their answers are cached or in flight when the
 // recipient's policy asks.
 func (s *session) prefetch(ctx context.Context, from string) {
-	if s.rt.DNS == nil || s.trusted {
+	if s.rt.DNS == nil || s.unfiltered() {
 		return
 	}
 	ft := &filters.Txn{ClientIP: s.remote.Addr(), ClientPort: int(s.remote.Port()), Helo: s.helo, From: from, DNS: s.rt.DNS}
