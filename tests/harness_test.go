@@ -60,6 +60,11 @@ type Config struct {
 	DNS *dnstest.Server
 	// Policy, when set, is written to policy.yaml and named in `policies`.
 	Policy string
+	// Mailboxes adds POP3 and IMAP listeners over the built-in store, each
+	// in clear (STLS/STARTTLS) and with implicit TLS, and a submission
+	// listener (SMTP AUTH). Failure delays are cut to 10ms unless Extra
+	// sets auth.failure_delays.
+	Mailboxes bool
 }
 
 var defaultTimeouts = map[string]string{
@@ -71,7 +76,10 @@ var defaultTimeouts = map[string]string{
 }
 
 // ports are the loopback addresses one moat instance listens on.
-type ports struct{ smtp, admin, dns string }
+type ports struct {
+	smtp, admin, dns                     string
+	submission, pop3, pop3s, imap, imaps string // with Config.Mailboxes
+}
 
 // document renders c as the YAML config file of one instance.
 func (c Config) document(dir string, p ports) ([]byte, error) {
@@ -124,6 +132,14 @@ func (c Config) document(dir string, p ports) ([]byte, error) {
 		}
 		doc["policies"] = []string{path}
 	}
+	if c.Mailboxes {
+		smtp["listeners"] = []map[string]any{{"addr": p.smtp, "mode": "mx"}, {"addr": p.submission, "mode": "submission"}}
+		doc["pop3"] = map[string]any{"upstream": "local", "listeners": []map[string]any{
+			{"addr": p.pop3}, {"addr": p.pop3s, "implicit_tls": true}}}
+		doc["imap"] = map[string]any{"upstream": "local", "listeners": []map[string]any{
+			{"addr": p.imap}, {"addr": p.imaps, "implicit_tls": true}}}
+		doc["auth"] = map[string]any{"failure_delays": []string{"10ms"}}
+	}
 	merge(doc, c.Extra)
 	return yaml.Marshal(doc)
 }
@@ -143,14 +159,17 @@ func merge(dst, src map[string]any) {
 
 // Moat is one running `moat serve` child process.
 type Moat struct {
-	t          testing.TB
-	Addr       string // the SMTP (mx) listener, "127.0.0.1:port"
-	AdminAddr  string
-	DNSAddr    string // the fake DNS server moat's config points at
-	Dir        string // the test's directory: config file, data_dir
-	DataDir    string
-	ConfigPath string
-	Config     Config
+	t         testing.TB
+	Addr      string // the SMTP (mx) listener, "127.0.0.1:port"
+	AdminAddr string
+	// With Config.Mailboxes: the submission, POP3 and IMAP listeners
+	// (POP3S and IMAPS with implicit TLS).
+	SubmissionAddr, POP3Addr, POP3SAddr, IMAPAddr, IMAPSAddr string
+	DNSAddr                                                  string // the fake DNS server moat's config points at
+	Dir                                                      string // the test's directory: config file, data_dir
+	DataDir                                                  string
+	ConfigPath                                               string
+	Config                                                   Config
 
 	proc      *process
 	mu        sync.Mutex
@@ -179,7 +198,11 @@ func StartMoat(t testing.TB, cfg Config) *Moat {
 	const attempts = 3
 	for i := 1; ; i++ {
 		p := ports{smtp: freeAddr(t), admin: freeAddr(t), dns: m.DNSAddr}
+		if cfg.Mailboxes {
+			p.submission, p.pop3, p.pop3s, p.imap, p.imaps = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+		}
 		m.Addr, m.AdminAddr = p.smtp, p.admin
+		m.SubmissionAddr, m.POP3Addr, m.POP3SAddr, m.IMAPAddr, m.IMAPSAddr = p.submission, p.pop3, p.pop3s, p.imap, p.imaps
 		doc, err := cfg.document(dir, p)
 		if err != nil {
 			t.Fatalf("config: %v", err)

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"moat/audit"
+	"moat/auth"
 	"moat/config"
 	"moat/internal/control"
 	"moat/internal/tlsutil"
@@ -115,6 +116,7 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	}
 	redis.SetLogger(redisLog{log})
 	rt.Users = users.Open(usersPath(cfg))
+	rt.Auth = auth.New(rt.Users, authSettings(cfg), log)
 	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
@@ -236,6 +238,9 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	rt.Greylist = srv.Runtime().Greylist
 	rt.Quarantine = srv.Runtime().Quarantine
 	rt.Users = srv.Runtime().Users
+	// One login authority for the process: its failure counters outlive
+	// reloads; only the settings change.
+	rt.Auth = srv.Runtime().Auth
 	rt.Quarantine.SetLifetime(rt.Cfg.Quarantine.Lifetime.D())
 	if old.Greylist != rt.Cfg.Greylist || old.Redis != rt.Cfg.Redis {
 		msgs = append(msgs, "greylist.store or redis changed: they take effect at the next restart")
@@ -256,6 +261,9 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	if old.DataDir != rt.Cfg.DataDir {
 		msgs = append(msgs, "data_dir changed: it takes effect at the next restart")
 		rt.Cfg.DataDir = old.DataDir
+	}
+	if a, ok := rt.Auth.(*auth.Service); ok {
+		a.SetSettings(authSettings(rt.Cfg))
 	}
 	srv.Reload(rt)
 	files, digest := policyDigest(rt.Cfg.Policies)
