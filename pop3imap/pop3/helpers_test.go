@@ -48,6 +48,10 @@ func (a *fakeAuth) Login(ctx context.Context, r auth.Request) (string, error) {
 	a.mu.Lock()
 	a.reqs = append(a.reqs, r)
 	a.mu.Unlock()
+	if !a.PlaintextAllowed(r.Remote.Addr(), r.TLS) {
+		// As auth.Service does: nothing else is looked at.
+		return "", fmt.Errorf("login %s: %w", r.User, auth.ErrPlaintext)
+	}
 	switch r.User {
 	case "locked":
 		return "", fmt.Errorf("login %s: %w", r.User, auth.ErrLocked)

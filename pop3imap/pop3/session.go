@@ -250,11 +250,19 @@ func (c *session) refusePlaintext() {
 }
 
 func (c *session) cmdUser(cmd command) {
+	name := strings.TrimSpace(cmd.Rest)
 	if !c.plaintextOK() {
+		if name != "" {
+			// Through the authority, with no password, so that the
+			// refused attempt is a pop3.login event (a client set up to
+			// send passwords in clear is worth an admin's attention);
+			// it answers ErrPlaintext without looking further.
+			c.login("USER", name, "")
+			return
+		}
 		c.refusePlaintext()
 		return
 	}
-	name := strings.TrimSpace(cmd.Rest)
 	if name == "" {
 		c.fail("-ERR missing user name")
 		return

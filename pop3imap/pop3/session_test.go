@@ -299,8 +299,11 @@ func TestSTLS(t *testing.T) {
 		c.expect("STLS", "-ERR STLS not available\r\n")
 		c.login()
 		c.expect("QUIT", "+OK pop.test POP3 server signing off (3 messages left)\r\n")
+		// The refused USER in clear went to the authority without a
+		// password (so that it is an event); the login over TLS did too.
 		reqs := env.auth.requests()
-		if len(reqs) != 1 || !reqs[0].TLS || reqs[0].Mechanism != "USER" {
+		if len(reqs) != 2 || reqs[0].TLS || reqs[0].Password != "" || reqs[0].User != "alice" ||
+			!reqs[1].TLS || reqs[1].Mechanism != "USER" {
 			t.Errorf("login requests %+v", reqs)
 		}
 	})
