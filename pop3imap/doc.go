@@ -1,5 +1,6 @@
-// Package pop3imap will hold POP3 and IMAP4: the servers for the built-in
-// store and the login-guarding proxy to internal servers. Config keys: pop3,
-// imap. Until it lands, those keys get a "not implemented" warning from moat
-// check.
+// Package pop3imap gathers POP3 and IMAP4: pop3 (a hand-written POP3
+// server), imapd (go-imap v2's imapserver over the built-in store) and
+// storeadapter (the store as a POP3 backend). The login-guarding proxy to
+// internal servers (config pop3.upstream / imap.upstream set to a
+// host:port) comes later; until then such a config is refused.
 package pop3imap

@@ -5,14 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"moat/config"
 	"moat/filters"
 	"moat/policies"
+	"moat/store/mailbox"
 	"moat/store/maildir"
 	"moat/store/quarantine"
 )
@@ -246,41 +245,42 @@ func headerValue(header []byte, name string) string {
 	return ""
 }
 
-// localDir is the Maildir of a recipient in the built-in store.
+// localDir is the Maildir++ root of a recipient in the built-in store;
+// an error means the name cannot be a mailbox there.
 func localDir(dataDir string, a Address) (maildir.Dir, error) {
+	p, err := mailbox.UserDir(dataDir, localUser(a))
+	return maildir.Dir(p), err
+}
+
+// localUser is the built-in store's name for a recipient: the local part
+// unquoted, "@", the ASCII domain.
+func localUser(a Address) string {
 	local := a.Local
 	if strings.HasPrefix(local, `"`) {
 		local = strings.Trim(local, `"`)
 	}
-	l, err := maildir.SafeName(local)
-	if err != nil {
-		return "", err
-	}
-	d, err := maildir.SafeName(a.ASCIIDomain())
-	if err != nil {
-		return "", err
-	}
-	return maildir.Dir(filepath.Join(dataDir, "mail", d, l)), nil
+	return local + "@" + a.ASCIIDomain()
 }
 
-// deliverLocal writes one copy per recipient; all or none.
+// deliverLocal writes one copy per recipient into the built-in store;
+// all or none. Each copy is on disk before the client hears 250.
 func (s *session) deliverLocal(t *txn, body func() io.Reader, ev *txnEvent) *Reply {
 	ev.upstream = "local"
+	mb := s.rt.Mailboxes
+	if mb == nil {
+		mb = mailbox.Open(s.cfg().DataDir)
+	}
 	var done []string
 	for _, rc := range t.rcpts {
-		dir, err := localDir(s.cfg().DataDir, rc)
-		if err == nil {
-			var path string
-			path, err = dir.Deliver(body())
-			done = append(done, path)
-		}
+		path, err := mb.Deliver(localUser(rc), body())
 		if err != nil {
 			for _, p := range done {
-				os.Remove(p)
+				mb.Remove(p)
 			}
 			s.srv.log.Error("smtp.local_delivery_error", sessionFields(s, err.Error())...)
 			return replyLocalFailed
 		}
+		done = append(done, path)
 	}
 	return reply(250, "2.0.0", "Ok: queued as %s", s.txnID(t))
 }

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"go.uber.org/zap"
+
+	"moat/store/mailbox"
 )
 
 // Deliver sends a message that moat accepted earlier and kept (a
@@ -44,21 +45,26 @@ func (srv *Server) Deliver(ctx context.Context, from string, rcpts []string, ope
 		utf8 = true
 	}
 	if dest == "local" {
+		mb := srv.Runtime().Mailboxes
+		if mb == nil {
+			mb = mailbox.Open(c.DataDir)
+		}
 		var done []string
 		for _, a := range addrs {
-			dir, err := localDir(c.DataDir, a)
-			if err != nil {
+			if _, err := localDir(c.DataDir, a); err != nil {
 				return nil, fmt.Errorf("deliver: %s: %w", a, err)
 			}
 			r, err := open()
 			if err != nil {
 				return nil, err
 			}
-			path, err := dir.Deliver(r)
+			// Through the store, so that IMAP sessions idling on the
+			// mailbox hear of it at once.
+			path, err := mb.Deliver(localUser(a), r)
 			r.Close()
 			if err != nil {
 				for _, p := range done {
-					os.Remove(p)
+					mb.Remove(p)
 				}
 				return replyLocalFailed, nil
 			}

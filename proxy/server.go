@@ -27,6 +27,7 @@ import (
 	"moat/filters"
 	"moat/greylist"
 	"moat/policies"
+	"moat/store/mailbox"
 	"moat/store/quarantine"
 	"moat/store/users"
 )
@@ -47,6 +48,10 @@ type Runtime struct {
 	// Auth decides SMTP AUTH logins on submission listeners; nil: AUTH is
 	// not offered.
 	Auth auth.Authenticator
+	// Mailboxes is the built-in store local routes deliver into; nil: a
+	// store over Cfg.DataDir is opened per delivery (IMAP sessions then
+	// learn of new mail at their next rescan, within 30 s, not at once).
+	Mailboxes *mailbox.Store
 }
 
 // Server runs the SMTP listeners of one moat.

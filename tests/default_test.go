@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -61,5 +62,20 @@ func TestEmbeddedDefault(t *testing.T) {
 	ev := m.WaitTransactionEvent(1)
 	if ev.Outcome() != "success" || !strings.Contains(strings.Join(ev.Strings("email.to.address"), ","), "someone@example.test") {
 		t.Errorf("event: %v", ev)
+	}
+
+	// The README's quick start: a user for the mailbox, then the message
+	// read back with curl over IMAP (STARTTLS) and POP3S.
+	cmd := exec.Command(requireMoat(t), "user", "add", "someone@example.test")
+	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader(mailboxPassword + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("moat user add: %v\n%s", err, out)
+	}
+	for _, url := range []string{"imap://127.0.0.1:1143/INBOX;UID=1", "pop3s://127.0.0.1:1995/1", "imaps://127.0.0.1:1993/INBOX;UID=1", "pop3://127.0.0.1:1110/1"} {
+		r := curl(t, "someone@example.test", mailboxPassword, "--ssl-reqd", url)
+		if r.code != 0 || !bytes.Equal(r.stdout, got) {
+			t.Errorf("reading the message with curl %s: %s", url, r)
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"moat/policies"
 	"moat/proxy"
 	"moat/resolver"
+	"moat/store/mailbox"
 	"moat/store/users"
 )
 
@@ -117,6 +118,7 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	redis.SetLogger(redisLog{log})
 	rt.Users = users.Open(usersPath(cfg))
 	rt.Auth = auth.New(rt.Users, authSettings(cfg), log)
+	rt.Mailboxes = mailbox.Open(cfg.DataDir)
 	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
@@ -145,11 +147,18 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
+	mail, err := listenMail(srv, log)
+	if err != nil {
+		srv.Shutdown(context.Background())
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
 	var addrs []string
 	for _, a := range srv.Addrs() {
 		addrs = append(addrs, a.String())
 	}
 	log.Event("moat.started", zap.String("service.version", versionString()), zap.Strings("moat.smtp_listeners", addrs),
+		zap.Strings("moat.pop3_listeners", mail.addrs("pop3")), zap.Strings("moat.imap_listeners", mail.addrs("imap")),
 		zap.String("moat.config", configName(path)), zap.String("moat.data_dir", cfg.DataDir))
 
 	sigs := make(chan os.Signal, 4)
@@ -158,6 +167,7 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srv.Serve(sctx)
+	mail.serve(log)
 	watch, err := newWatcher()
 	if err != nil {
 		log.Warn("config.watch", zap.String("message", "not watching policy files (reload with SIGHUP): "+err.Error()))
@@ -188,7 +198,14 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		log.Event("moat.stopping", zap.String("message", "signal "+sig.String()+": finishing transactions in progress"),
 			zap.Duration("moat.shutdown_timeout", srv.Runtime().Cfg.ShutdownTimeout.D()))
 		tctx, tcancel := context.WithTimeout(ctx, srv.Runtime().Cfg.ShutdownTimeout.D())
+		// Both at once: each waits for its own sessions within the
+		// same deadline.
+		mailErr := make(chan error, 1)
+		go func() { mailErr <- mail.shutdown(tctx) }()
 		err := srv.Shutdown(tctx)
+		if merr := <-mailErr; err == nil {
+			err = merr
+		}
 		tcancel()
 		outcome := "success"
 		if err != nil {
@@ -238,6 +255,7 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	rt.Greylist = srv.Runtime().Greylist
 	rt.Quarantine = srv.Runtime().Quarantine
 	rt.Users = srv.Runtime().Users
+	rt.Mailboxes = srv.Runtime().Mailboxes
 	// One login authority for the process: its failure counters outlive
 	// reloads; only the settings change.
 	rt.Auth = srv.Runtime().Auth
@@ -254,6 +272,9 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	}
 	if !slices.Equal(old.SMTP.Listeners, rt.Cfg.SMTP.Listeners) {
 		msgs = append(msgs, "smtp.listeners changed: the new listeners take effect at the next restart")
+	}
+	if !slices.Equal(old.POP3.Listeners, rt.Cfg.POP3.Listeners) || !slices.Equal(old.IMAP.Listeners, rt.Cfg.IMAP.Listeners) {
+		msgs = append(msgs, "pop3 or imap listeners changed: they take effect at the next restart")
 	}
 	if o, n := old.Log, rt.Cfg.Log; o.Format != n.Format || o.Output != n.Output || o.Level != n.Level {
 		msgs = append(msgs, "log settings changed: they take effect at the next restart")

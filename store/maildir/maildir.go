@@ -44,6 +44,11 @@ func uniqueName() string {
 		counter.Add(1), hex.EncodeToString(rnd[:]), host)
 }
 
+// UniqueName returns a new base name for a message file, unique across
+// processes and hosts; the built-in mailbox store names appended and
+// copied messages with it.
+func UniqueName() string { return uniqueName() }
+
 // Deliver writes the message read from r into d's new/ folder and returns
 // the file's path once the message is on disk. On any failure nothing is
 // left behind.
