@@ -20,6 +20,15 @@ type Request struct {
 	TLS       bool           // whether the connection is encrypted
 	User      string         // as the client gave it
 	Password  string
+
+	// Verify, when set, checks the password instead of the user list:
+	// in proxy mode it is the login at the internal server. It gets the
+	// canonical user@domain and says whether the credentials are good;
+	// an error means the check could not be made (ErrUnavailable, not
+	// counted as a failure).
+	Verify func(ctx context.Context, user, password string) (bool, error)
+	// Upstream names the server Verify asked, for the event.
+	Upstream string
 }
 
 // Errors a Login returns; every protocol maps them to its own reply.

@@ -213,7 +213,13 @@ func (s *Service) Login(ctx context.Context, r Request) (string, error) {
 	if !nameOK {
 		return "", s.failed(ctx, set, a, exempt, reasonBadUserName)
 	}
-	good, err := s.verify(user, r.Password)
+	var good bool
+	var err error
+	if r.Verify != nil {
+		good, err = r.Verify(ctx, user, r.Password)
+	} else {
+		good, err = s.verify(user, r.Password)
+	}
 	if err != nil {
 		a.err = err
 		a.event(reasonUnavailable)
@@ -334,6 +340,9 @@ func (a *attempt) event(reason string) {
 		fs = append(fs, zap.String("moat.lockout", "ip"))
 	case a.userLocked:
 		fs = append(fs, zap.String("moat.lockout", "user"))
+	}
+	if a.r.Upstream != "" {
+		fs = append(fs, zap.String("moat.upstream", a.r.Upstream))
 	}
 	if a.err != nil {
 		fs = append(fs, zap.String("error.message", a.err.Error()))

@@ -526,3 +526,48 @@ func TestConcurrentLogins(t *testing.T) {
 		t.Errorf("%d successes (want 80), %d events (want 400)", ok.Load(), h.logs.Len())
 	}
 }
+
+// TestRequestVerify: in proxy mode the request's Verify (the internal
+// server's login) decides instead of the user list, under the same
+// lockout; its errors are unavailability, not failures; the event names
+// the upstream.
+func TestRequestVerify(t *testing.T) {
+	h := newHarness(t, Settings{MaxFailures: 2}, nil)
+	ctx := context.Background()
+	var asked []string
+	upstreamErr := error(nil)
+	r := Request{Protocol: "imap", Mechanism: "LOGIN", Listener: "imaps", Upstream: "mail.corp.test:993",
+		Remote: netip.MustParseAddrPort("192.0.2.7:4000"), TLS: true, User: "Carol@Example.com", Password: "upstream-pw",
+		Verify: func(_ context.Context, user, password string) (bool, error) {
+			asked = append(asked, user)
+			return password == "upstream-pw", upstreamErr
+		}}
+	if u, err := h.svc.Login(ctx, r); err != nil || u != "carol@example.com" {
+		t.Fatalf("Login = %q, %v", u, err)
+	}
+	if _, ev := h.lastEvent(t); ev["moat.upstream"] != "mail.corp.test:993" || ev["event.outcome"] != "success" {
+		t.Errorf("event %v", ev)
+	}
+	upstreamErr = errors.New("dial tcp: connection refused")
+	if _, err := h.svc.Login(ctx, r); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("upstream down: %v, want ErrUnavailable", err)
+	}
+	upstreamErr = nil
+	r.Password = "wrong"
+	for range 2 {
+		if _, err := h.svc.Login(ctx, r); !errors.Is(err, ErrFailed) {
+			t.Errorf("wrong password: %v", err)
+		}
+	}
+	r.Password = "upstream-pw"
+	n := len(asked)
+	if _, err := h.svc.Login(ctx, r); !errors.Is(err, ErrLocked) {
+		t.Errorf("after 2 failures: %v, want ErrLocked", err)
+	}
+	if len(asked) != n {
+		t.Errorf("a locked-out login still reached the upstream")
+	}
+	if asked[0] != "carol@example.com" {
+		t.Errorf("Verify got %q, want the canonical name", asked[0])
+	}
+}
