@@ -90,7 +90,7 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, o *imap.FetchOpti
 	rw := w.CreateMessage(it.seq)
 	rw.WriteUID(imap.UID(it.m.UID))
 	if o.Flags || flagsChanged {
-		rw.WriteFlags(imapFlags(it.m.Flags))
+		rw.WriteFlags(s.sel.flags(it.m))
 	}
 	if o.InternalDate {
 		rw.WriteInternalDate(it.m.Date)

@@ -232,7 +232,7 @@ func TestFetchReturnsDeliveredBytes(t *testing.T) {
 	if got := string(m.FindBodySection(subject)); !strings.HasPrefix(got, "Subject: =?utf-8?q?Gr") {
 		t.Errorf("BODY[HEADER.FIELDS (Subject)] = %q", got)
 	}
-	if m.RFC822Size != int64(len(raw)) || m.UID != 1 || len(m.Flags) != 0 {
+	if m.RFC822Size != int64(len(raw)) || m.UID != 1 || !slices.Equal(m.Flags, []imap.Flag{flagRecent}) {
 		t.Errorf("size %d uid %d flags %v", m.RFC822Size, m.UID, m.Flags)
 	}
 	if m.Envelope == nil || m.Envelope.Subject != "Grüße" || m.Envelope.MessageID != "m1@example.net" ||
@@ -247,7 +247,8 @@ func TestFetchReturnsDeliveredBytes(t *testing.T) {
 	}
 }
 
-// Flags set in one session are there in the next; FETCH BODY[] sets \Seen.
+// Flags and keywords set in one session are there in the next; FETCH
+// BODY[] sets \Seen.
 func TestFlagsPersist(t *testing.T) {
 	h := newHarness(t)
 	h.deliver(alice, message(1, "a"))
@@ -259,7 +260,7 @@ func TestFlagsPersist(t *testing.T) {
 		t.Errorf("FETCH BODY[] answered %+v, want FLAGS with \\Seen", res)
 	}
 	st, err := c.Store(imap.SeqSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged, imap.FlagAnswered, "$Custom"}}, nil).Collect()
-	if err != nil || len(st) != 1 || !flagIn(st[0].Flags, imap.FlagFlagged) || !flagIn(st[0].Flags, imap.FlagAnswered) || flagIn(st[0].Flags, "$Custom") {
+	if err != nil || len(st) != 1 || !flagIn(st[0].Flags, imap.FlagFlagged) || !flagIn(st[0].Flags, imap.FlagAnswered) || !flagIn(st[0].Flags, "$Custom") {
 		t.Fatalf("STORE: %+v, %v", st, err)
 	}
 	c.Logout().Wait()
@@ -269,7 +270,7 @@ func TestFlagsPersist(t *testing.T) {
 	c2.Select("INBOX", nil).Wait()
 	msgs := fetchAll(t, c2, imap.SeqSetNum(1, 2), &imap.FetchOptions{Flags: true, UID: true})
 	if len(msgs) != 2 || !slices.Equal(msgs[0].Flags, []imap.Flag{imap.FlagSeen}) ||
-		!slices.Equal(msgs[1].Flags, []imap.Flag{imap.FlagAnswered, imap.FlagFlagged}) {
+		!slices.Equal(msgs[1].Flags, []imap.Flag{imap.FlagAnswered, imap.FlagFlagged, "$Custom"}) {
 		t.Errorf("flags after restart: %v / %v", msgs[0].Flags, msgs[1].Flags)
 	}
 }
@@ -518,7 +519,7 @@ func TestAppendCopyMoveExpunge(t *testing.T) {
 	whole := &imap.FetchItemBodySection{Peek: true}
 	m := fetchAll(t, c, imap.UIDSetNum(1), &imap.FetchOptions{Flags: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{whole}})
 	if len(m) != 1 || string(m[0].FindBodySection(whole)) != raw || !m[0].InternalDate.Equal(date) ||
-		!slices.Equal(m[0].Flags, []imap.Flag{imap.FlagSeen, imap.FlagDraft}) {
+		!slices.Equal(m[0].Flags, []imap.Flag{imap.FlagSeen, imap.FlagDraft, flagRecent}) {
 		t.Fatalf("appended message: %+v", m)
 	}
 
@@ -608,6 +609,14 @@ func TestFolderCommands(t *testing.T) {
 	}
 	r := h.raw("tls")
 	r.cmd("LOGIN " + alice + " " + password)
+	// LSUB "%" stops above a subscribed folder: the level it stops at
+	// is listed \Noselect (RFC 3501 6.3.9).
+	c.Subscribe("Deep/Er/Est").Wait()
+	untagged, _ := r.cmd(`LSUB "" "Deep/%"`)
+	if len(untagged) != 1 || untagged[0] != `* LSUB (\Noselect \HasChildren) "/" "Deep/Er"` {
+		t.Errorf(`LSUB "" "Deep/%%": %q`, untagged)
+	}
+	c.Unsubscribe("Deep/Er/Est").Wait()
 	untagged, tagged := r.cmd(`LSUB "" "*"`)
 	if !strings.HasPrefix(tagged, "OK") || len(untagged) != 2 || !strings.Contains(untagged[0], `\Noselect`) ||
 		!strings.HasSuffix(untagged[0], `"Gone"`) || !strings.HasSuffix(untagged[1], `"Sent"`) {
@@ -622,7 +631,7 @@ func TestFolderCommands(t *testing.T) {
 	}
 	untagged, tagged = r.cmd("SELECT INBOX")
 	sel := strings.Join(untagged, "\n")
-	for _, want := range []string{"* 2 EXISTS", "* 0 RECENT", "[UNSEEN 1]", "[UIDNEXT 3]", `[PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft)]`} {
+	for _, want := range []string{"* 2 EXISTS", "* 2 RECENT", "[UNSEEN 1]", "[UIDNEXT 3]", `[PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft \*)]`} {
 		if !strings.Contains(sel, want) {
 			t.Errorf("SELECT lacks %s: %s", want, sel)
 		}
@@ -699,5 +708,140 @@ func TestCloseEndsSessions(t *testing.T) {
 	}
 	if err := h.srv.Serve(nil, Listener{}); err == nil {
 		t.Error("Serve after Close succeeded")
+	}
+}
+
+// \Recent (RFC 3501 2.3.2): a message is \Recent in exactly one session,
+// the first read-write one to see it; EXAMINE shows it without claiming
+// it; mail arriving while a folder is selected is announced with EXISTS
+// and RECENT to one session only; SEARCH RECENT/NEW and STATUS agree.
+func TestRecent(t *testing.T) {
+	h := newHarness(t)
+	h.auth.clearOK.Store(true)
+	h.deliver(alice, message(1, "a"))
+	h.deliver(alice, message(2, "b"))
+	has := func(lines []string, want string) bool { return slices.Contains(lines, want) }
+
+	a, b := h.raw("plain"), h.raw("plain")
+	a.cmd("LOGIN " + alice + " " + password)
+	b.cmd("LOGIN " + alice + " " + password)
+	if u, _ := a.cmd("EXAMINE INBOX"); !has(u, "* 2 RECENT") {
+		t.Errorf("EXAMINE: %q, want 2 RECENT", u)
+	}
+	if u, _ := a.cmd("FETCH 1 FLAGS"); !has(u, `* 1 FETCH (UID 1 FLAGS (\Recent))`) {
+		t.Errorf("FETCH FLAGS under EXAMINE: %q", u)
+	}
+	a.cmd("CLOSE")
+	if u, _ := a.cmd("STATUS INBOX (RECENT)"); !has(u, `* STATUS INBOX (RECENT 2)`) {
+		t.Errorf("STATUS after EXAMINE: %q, want RECENT 2", u)
+	}
+	if u, _ := a.cmd("SELECT INBOX"); !has(u, "* 2 RECENT") {
+		t.Errorf("first SELECT: %q, want 2 RECENT", u)
+	}
+	if u, _ := b.cmd("SELECT INBOX"); !has(u, "* 0 RECENT") {
+		t.Errorf("second SELECT: %q, want 0 RECENT", u)
+	}
+	if u, _ := a.cmd("SEARCH NEW"); !has(u, "* SEARCH 1 2") {
+		t.Errorf("SEARCH NEW in the claiming session: %q", u)
+	}
+	if u, _ := b.cmd("SEARCH RECENT"); !has(u, "* SEARCH") {
+		t.Errorf("SEARCH RECENT in the other session: %q", u)
+	}
+
+	h.deliver(alice, message(3, "c"))
+	ua, _ := a.cmd("NOOP")
+	ub, _ := b.cmd("NOOP")
+	if !has(ua, "* 3 EXISTS") || !has(ub, "* 3 EXISTS") {
+		t.Fatalf("new mail not announced: %q / %q", ua, ub)
+	}
+	if !has(ua, "* 3 RECENT") || !has(ub, "* 0 RECENT") {
+		t.Errorf("new mail RECENT: %q / %q, want it in the first session only", ua, ub)
+	}
+	if u, _ := a.cmd("FETCH 3 FLAGS"); !has(u, `* 3 FETCH (UID 3 FLAGS (\Recent))`) {
+		t.Errorf("FETCH FLAGS of new mail: %q", u)
+	}
+	if u, _ := b.cmd("FETCH 3 FLAGS"); !has(u, `* 3 FETCH (UID 3 FLAGS ())`) {
+		t.Errorf("FETCH FLAGS in the other session: %q", u)
+	}
+
+	// Claims outlive the sessions and the server.
+	a.cmd("LOGOUT")
+	b.cmd("LOGOUT")
+	h.restart()
+	c := h.raw("plain")
+	c.cmd("LOGIN " + alice + " " + password)
+	if u, _ := c.cmd("SELECT INBOX"); !has(u, "* 0 RECENT") {
+		t.Errorf("SELECT after restart: %q, want 0 RECENT", u)
+	}
+}
+
+// Keywords are stored, listed in FLAGS and PERMANENTFLAGS (with \* while
+// there is room), announced to selected sessions, searched
+// case-insensitively, replaced by STORE FLAGS and carried by COPY.
+func TestKeywords(t *testing.T) {
+	h := newHarness(t)
+	h.auth.clearOK.Store(true)
+	h.deliver(alice, message(1, "a"))
+	h.deliver(alice, message(2, "b"))
+	has := func(lines []string, want string) bool { return slices.Contains(lines, want) }
+	a, b := h.raw("plain"), h.raw("plain")
+	a.cmd("LOGIN " + alice + " " + password)
+	b.cmd("LOGIN " + alice + " " + password)
+	a.cmd("CREATE Archive")
+	if u, _ := a.cmd("SELECT INBOX"); !has(u, `* OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft \*)] Permanent flags`) {
+		t.Errorf("SELECT: %q, want \\* in PERMANENTFLAGS", u)
+	}
+	b.cmd("SELECT INBOX")
+	if u, tag := a.cmd("STORE 1 +FLAGS.SILENT ($Junk NonJunk)"); tag != "OK STORE completed" {
+		t.Fatalf("STORE: %q %s", u, tag)
+	}
+	if u, _ := b.cmd("NOOP"); !has(u, `* FLAGS (\Answered \Flagged \Deleted \Seen \Draft $Junk NonJunk)`) ||
+		!has(u, `* 1 FETCH (UID 1 FLAGS ($Junk NonJunk))`) {
+		t.Errorf("other session: %q, want FLAGS and FETCH with the keywords", u)
+	}
+	if u, _ := b.cmd("SEARCH KEYWORD $junk"); !has(u, "* SEARCH 1") {
+		t.Errorf("SEARCH KEYWORD: %q", u)
+	}
+	if u, _ := b.cmd("SEARCH UNKEYWORD nonjunk"); !has(u, "* SEARCH 2") {
+		t.Errorf("SEARCH UNKEYWORD: %q", u)
+	}
+	if u, _ := a.cmd("COPY 1 Archive"); len(u) != 0 {
+		t.Errorf("COPY: %q", u)
+	}
+	if u, _ := a.cmd("STORE 1 FLAGS (\\Seen $junk)"); !has(u, `* 1 FETCH (UID 1 FLAGS (\Seen $Junk \Recent))`) {
+		t.Errorf("STORE FLAGS: %q, want NonJunk replaced", u)
+	}
+	if u, _ := a.cmd("STORE 1 +FLAGS (\\Recent)"); !has(u, `* 1 FETCH (UID 1 FLAGS (\Seen $Junk \Recent))`) {
+		t.Errorf("STORE \\Recent: %q, want no change", u)
+	}
+	if u, _ := b.cmd("EXAMINE Archive"); !has(u, `* FLAGS (\Answered \Flagged \Deleted \Seen \Draft $Junk NonJunk)`) {
+		t.Errorf("EXAMINE Archive: %q, want the copied keywords", u)
+	}
+	if u, _ := b.cmd("FETCH 1 FLAGS"); !has(u, `* 1 FETCH (UID 1 FLAGS ($Junk NonJunk \Recent))`) {
+		t.Errorf("copied message: %q", u)
+	}
+}
+
+// MOVE into the selected folder itself: the message gets a new UID, and
+// the original's EXPUNGE comes before the copy's EXISTS.
+func TestMoveIntoSelected(t *testing.T) {
+	h := newHarness(t)
+	h.auth.clearOK.Store(true)
+	h.deliver(alice, message(1, "a"))
+	h.deliver(alice, message(2, "b"))
+	r := h.raw("plain")
+	r.cmd("LOGIN " + alice + " " + password)
+	r.cmd("SELECT INBOX")
+	r.cmd("STORE 1 +FLAGS.SILENT (\\Flagged)")
+	u, tagged := r.cmd("MOVE 1 INBOX")
+	// Both messages are \Recent here: the SELECT claimed UID 2, the
+	// poll after MOVE claims UID 3.
+	want := []string{"* 1 EXPUNGE", "* 2 EXISTS", "* 2 RECENT"}
+	if tagged != "OK MOVE completed" || len(u) != 4 || !strings.HasSuffix(u[0], " 1 3] COPY completed") ||
+		!slices.Equal(u[1:], want) {
+		t.Fatalf("MOVE: %q %s, want %q", u, tagged, want)
+	}
+	if u, _ := r.cmd("FETCH 1:* (UID FLAGS)"); !slices.Equal(u, []string{`* 1 FETCH (UID 2 FLAGS (\Recent))`, `* 2 FETCH (UID 3 FLAGS (\Flagged \Recent))`}) {
+		t.Errorf("after MOVE: %q", u)
 	}
 }

@@ -27,7 +27,7 @@ func (s *session) Search(kind imapserver.NumKind, c *imap.SearchCriteria, _ *ima
 	var seqs imap.SeqSet
 	var uidSet imap.UIDSet
 	for _, it := range items {
-		m := &candidate{it: it, f: s.sel.f}
+		m := &candidate{it: it, f: s.sel.f, sel: s.sel}
 		ok := m.matches(c, maxSeq, maxUID)
 		m.close()
 		if !ok {
@@ -59,6 +59,7 @@ func (s *session) Search(kind imapserver.NumKind, c *imap.SearchCriteria, _ *ima
 type candidate struct {
 	it      item
 	f       *mailbox.Folder
+	sel     *selected
 	content *io.SectionReader
 	closer  io.Closer
 	header  *textproto.Header
@@ -115,12 +116,12 @@ func (m *candidate) matches(c *imap.SearchCriteria, maxSeq uint32, maxUID imap.U
 		return false
 	}
 	for _, f := range c.Flag {
-		if !hasFlag(m.it.m.Flags, f) {
+		if !m.hasFlag(f) {
 			return false
 		}
 	}
 	for _, f := range c.NotFlag {
-		if hasFlag(m.it.m.Flags, f) {
+		if m.hasFlag(f) {
 			return false
 		}
 	}
@@ -174,10 +175,17 @@ func inDates(t, since, before time.Time) bool {
 	return before.IsZero() || day.Before(before)
 }
 
-// hasFlag: \Recent and keywords are never set in this store.
-func hasFlag(f mailbox.Flags, flag imap.Flag) bool {
-	c, ok := flagLetters[strings.ToLower(string(flag))]
-	return ok && f.Has(c)
+// hasFlag reports whether the message has a system flag, \Recent (in
+// this session) or a keyword (case-insensitively, as IMAP wants).
+func (m *candidate) hasFlag(flag imap.Flag) bool {
+	if strings.EqualFold(string(flag), string(flagRecent)) {
+		return m.sel.recent.Contains(imap.UID(m.it.m.UID))
+	}
+	if c, ok := flagLetters[strings.ToLower(string(flag))]; ok {
+		return m.it.m.Flags.Has(c)
+	}
+	kw, err := m.f.KeywordFlags([]string{string(flag)}, false)
+	return err == nil && kw != "" && m.it.m.Flags.Has(kw[0])
 }
 
 func matchFields(fields gomessage.HeaderFields, value string) bool {

@@ -21,6 +21,16 @@ type selected struct {
 	f        *mailbox.Folder
 	tracker  *imapserver.SessionTracker
 	readOnly bool // EXAMINE: no flag changes, no expunge, no \Seen
+
+	// recent are the messages \Recent in this session: claimed from the
+	// folder (SELECT), or not yet claimed by anyone (EXAMINE). They come
+	// in increasing runs of UIDs, so the set stays small.
+	recent imap.UIDSet
+	// lastUID is the highest UID the client knew of after the last
+	// poll: when it grows, EXISTS went out and RECENT follows.
+	lastUID mailbox.UID
+	// keywords is how many keywords the last FLAGS listed.
+	keywords int
 }
 
 // trackers hands out one MailboxTracker per open folder.
@@ -43,7 +53,7 @@ func (t *trackers) acquire(f *mailbox.Folder) *imapserver.MailboxTracker {
 		st = &sharedTracker{}
 		st.stop = f.Observe(func(n int) mailbox.Observer {
 			st.mt = imapserver.NewMailboxTracker(uint32(n))
-			return observer{st.mt}
+			return observer{st.mt, f}
 		})
 		t.m[f] = st
 	}
@@ -66,14 +76,18 @@ func (t *trackers) release(f *mailbox.Folder) {
 
 // observer queues a folder's changes on its tracker, in order. The store
 // calls it with the folder locked, and adds messages one at a time, which
-// the tracker's sequence-number mapping needs.
-type observer struct{ mt *imapserver.MailboxTracker }
+// the tracker's sequence-number mapping needs. The FLAGS it queues go to
+// every session alike, so they lack \Recent, which is per session.
+type observer struct {
+	mt *imapserver.MailboxTracker
+	f  *mailbox.Folder
+}
 
 func (o observer) Appended(n int)   { o.mt.QueueNumMessages(uint32(n)) }
 func (o observer) Expunged(seq int) { o.mt.QueueExpunge(uint32(seq)) }
 func (o observer) FlagsChanged(seq int, m mailbox.Message, origin any) {
 	src, _ := origin.(*imapserver.SessionTracker) // a session does not hear its own STORE
-	o.mt.QueueMessageFlags(uint32(seq), imap.UID(m.UID), imapFlags(m.Flags), src)
+	o.mt.QueueMessageFlags(uint32(seq), imap.UID(m.UID), imapFlags(o.f, m.Flags), src)
 }
 
 // Select opens a folder read-write (SELECT) or read-only (EXAMINE).
@@ -83,24 +97,47 @@ func (s *session) Select(name string, o *imap.SelectOptions) (*imap.SelectData, 
 		return nil, storeError(err)
 	}
 	mt := s.srv.trackers.acquire(f)
-	sel := &selected{f: f, readOnly: o.ReadOnly}
-	data := &imap.SelectData{Flags: systemFlags, PermanentFlags: systemFlags}
-	if o.ReadOnly {
-		data.PermanentFlags = []imap.Flag{}
+	sel := &selected{f: f, readOnly: o.ReadOnly, keywords: len(f.Keywords())}
+	data := &imap.SelectData{Flags: mailboxFlags(f), PermanentFlags: []imap.Flag{}}
+	if !o.ReadOnly {
+		data.PermanentFlags = permanentFlags(f)
 	}
+	var viewNext mailbox.UID
 	f.View(func(v mailbox.View) {
 		// Under the folder's lock: the session's view starts exactly
 		// at this state.
 		sel.tracker = mt.NewSession()
 		data.NumMessages = uint32(len(v.Messages))
 		data.UIDNext, data.UIDValidity = imap.UID(v.UIDNext), v.UIDValidity
+		viewNext = v.UIDNext
 		for i, m := range v.Messages {
-			if !m.Flags.Has(mailbox.Seen) {
+			if data.FirstUnseenSeqNum == 0 && !m.Flags.Has(mailbox.Seen) {
 				data.FirstUnseenSeqNum = uint32(i + 1)
-				break
+			}
+			if o.ReadOnly && m.UID >= v.FirstRecent {
+				// EXAMINE shows the \Recent messages without claiming
+				// them, so that a later SELECT still sees them.
+				sel.recent.AddNum(imap.UID(m.UID))
+				data.NumRecent++
 			}
 		}
 	})
+	sel.lastUID = viewNext - 1
+	if !o.ReadOnly {
+		claimed, err := f.ClaimRecent()
+		if err != nil {
+			sel.tracker.Close()
+			s.srv.trackers.release(f)
+			f.Close()
+			return nil, storeError(err)
+		}
+		for _, u := range claimed {
+			sel.recent.AddNum(imap.UID(u))
+			if u < viewNext { // later ones are announced by Poll
+				data.NumRecent++
+			}
+		}
+	}
 	s.sel = sel
 	return data, nil
 }
@@ -120,10 +157,53 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	if s.sel == nil {
 		return nil
 	}
-	if err := s.sel.f.Sync(); err != nil && !errors.Is(err, mailbox.ErrNoFolder) {
+	sel := s.sel
+	if err := sel.f.Sync(); err != nil && !errors.Is(err, mailbox.ErrNoFolder) {
 		return err
 	}
-	return s.sel.tracker.Poll(w, allowExpunge)
+	if !sel.readOnly {
+		// New messages are \Recent in the first session to hear of them.
+		claimed, err := sel.f.ClaimRecent()
+		if err != nil && !errors.Is(err, mailbox.ErrNoFolder) {
+			return err
+		}
+		for _, u := range claimed {
+			sel.recent.AddNum(imap.UID(u))
+		}
+	}
+	if err := sel.tracker.Poll(w, allowExpunge); err != nil {
+		return err
+	}
+	if n := len(sel.f.Keywords()); n != sel.keywords {
+		sel.keywords = n
+		if err := w.WriteMailboxFlags(mailboxFlags(sel.f)); err != nil {
+			return err
+		}
+	}
+	last, recent := sel.counts()
+	grew := last > sel.lastUID
+	sel.lastUID = max(sel.lastUID, last)
+	if grew {
+		return w.WriteNumRecent(recent)
+	}
+	return nil
+}
+
+// counts returns the highest UID the client knows of, and how many of
+// the messages it knows of are \Recent in this session.
+func (sel *selected) counts() (last mailbox.UID, recent uint32) {
+	sel.f.View(func(v mailbox.View) {
+		for i, m := range v.Messages {
+			if sel.tracker.EncodeSeqNum(uint32(i+1)) == 0 {
+				continue
+			}
+			last = m.UID
+			if sel.recent.Contains(imap.UID(m.UID)) {
+				recent++
+			}
+		}
+	})
+	return last, recent
 }
 
 // Idle waits for changes to the selected folder (new mail from SMTP,
@@ -259,8 +339,8 @@ func uids(items []item) []mailbox.UID {
 	return out
 }
 
-// Store changes flags. Keywords cannot be stored (PERMANENTFLAGS has no
-// \*) and are ignored, as is \Recent.
+// Store changes flags. Keywords are defined in the folder as they are
+// first stored (while there is room); \Recent cannot be stored.
 func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, sf *imap.StoreFlags, _ *imap.StoreOptions) error {
 	if s.sel.readOnly {
 		return errReadOnly
@@ -273,25 +353,29 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, sf *imap.
 	case imap.StoreFlagsDel:
 		op = mailbox.Remove
 	}
-	updated, err := s.sel.f.SetFlags(uids(items), op, storeFlags(sf.Flags), s.sel.tracker)
+	letters, err := storeFlags(s.sel.f, sf.Flags, op != mailbox.Remove)
+	if err != nil {
+		return storeError(err)
+	}
+	updated, err := s.sel.f.SetFlags(uids(items), op, letters, s.sel.tracker)
 	if err != nil {
 		return storeError(err)
 	}
 	if sf.Silent {
 		return nil
 	}
-	now := map[mailbox.UID]mailbox.Flags{}
+	now := map[mailbox.UID]mailbox.Message{}
 	for _, m := range updated {
-		now[m.UID] = m.Flags
+		now[m.UID] = m
 	}
 	for _, it := range items {
-		flags, ok := now[it.m.UID]
+		m, ok := now[it.m.UID]
 		if !ok {
 			continue // expunged meanwhile
 		}
 		rw := w.CreateMessage(it.seq)
 		rw.WriteUID(imap.UID(it.m.UID))
-		rw.WriteFlags(imapFlags(flags))
+		rw.WriteFlags(s.sel.flags(m))
 		if err := rw.Close(); err != nil {
 			return err
 		}
@@ -325,7 +409,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uidSet *imap.UIDSet) erro
 // Copy copies messages to another folder (or the same one), with their
 // flags and dates, and reports COPYUID (UIDPLUS).
 func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
-	data, _, err := s.copy(numSet, dest)
+	data, _, err := s.copy(numSet, dest, false)
 	return data, err
 }
 
@@ -335,7 +419,7 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	if s.sel.readOnly {
 		return errReadOnly
 	}
-	data, from, err := s.copy(numSet, dest)
+	data, from, err := s.copy(numSet, dest, true)
 	if err != nil {
 		return err
 	}
@@ -348,7 +432,11 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	return w.WriteCopyData(data)
 }
 
-func (s *session) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []mailbox.UID, error) {
+// copy copies the messages of numSet to dest. For a MOVE into the
+// selected folder itself (move), the folder moves them in one step, so
+// that the originals' EXPUNGE comes before the copies' EXISTS, as
+// clients expect; from is then empty (nothing is left to remove).
+func (s *session) copy(numSet imap.NumSet, dest string, move bool) (*imap.CopyData, []mailbox.UID, error) {
 	items := s.sel.resolve(numSet)
 	d, err := s.store().OpenFolder(s.user, dest)
 	if errors.Is(err, mailbox.ErrNoFolder) {
@@ -358,7 +446,12 @@ func (s *session) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []mailb
 		return nil, nil, storeError(err)
 	}
 	defer d.Close()
-	from, to, err := s.sel.f.CopyTo(d, uids(items))
+	var from, to []mailbox.UID
+	if move && d == s.sel.f { // the store shares one *Folder per folder
+		from, to, err = d.MoveWithin(uids(items))
+	} else {
+		from, to, err = s.sel.f.CopyTo(d, uids(items))
+	}
 	if err != nil {
 		return nil, nil, storeError(err)
 	}
@@ -371,11 +464,37 @@ func (s *session) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []mailb
 		data.DestUIDs.AddNum(imap.UID(to[i]))
 	}
 	d.View(func(v mailbox.View) { data.UIDValidity = v.UIDValidity })
+	if move && d == s.sel.f {
+		from = nil
+	}
 	return data, from, nil
 }
 
-// systemFlags are the flags this store keeps: FLAGS and PERMANENTFLAGS.
+// flagRecent is IMAP4rev1's \Recent (go-imap keeps its constant
+// internal: IMAP4rev2 dropped the flag).
+const flagRecent imap.Flag = `\Recent`
+
+// systemFlags are the system flags this store keeps.
 var systemFlags = []imap.Flag{imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagSeen, imap.FlagDraft}
+
+// mailboxFlags are the folder's FLAGS: the system flags and its keywords.
+func mailboxFlags(f *mailbox.Folder) []imap.Flag {
+	out := append([]imap.Flag(nil), systemFlags...)
+	for _, k := range f.Keywords() {
+		out = append(out, imap.Flag(k))
+	}
+	return out
+}
+
+// permanentFlags are the folder's PERMANENTFLAGS: FLAGS, and \* while
+// new keywords fit.
+func permanentFlags(f *mailbox.Folder) []imap.Flag {
+	out := mailboxFlags(f)
+	if f.KeywordRoom() {
+		out = append(out, imap.FlagWildcard)
+	}
+	return out
+}
 
 var flagLetters = map[string]byte{
 	`\answered`: mailbox.Answered,
@@ -385,25 +504,46 @@ var flagLetters = map[string]byte{
 	`\draft`:    mailbox.Draft,
 }
 
-// storeFlags maps IMAP system flags to Maildir letters; others drop out.
-func storeFlags(flags []imap.Flag) mailbox.Flags {
+// storeFlags maps IMAP flags to the folder's Maildir letters: system
+// flags to theirs, keywords to the folder's (defining them if create);
+// \Recent and unknown system flags drop out.
+func storeFlags(f *mailbox.Folder, flags []imap.Flag, create bool) (mailbox.Flags, error) {
 	var b []byte
-	for _, f := range flags {
-		if c, ok := flagLetters[strings.ToLower(string(f))]; ok {
+	var keywords []string
+	for _, fl := range flags {
+		if c, ok := flagLetters[strings.ToLower(string(fl))]; ok {
 			b = append(b, c)
+		} else if !strings.HasPrefix(string(fl), `\`) {
+			keywords = append(keywords, string(fl))
 		}
 	}
-	return mailbox.MakeFlags(string(b))
+	kw, err := f.KeywordFlags(keywords, create)
+	if err != nil {
+		return "", err
+	}
+	return mailbox.MakeFlags(string(b)).With(kw), nil
 }
 
-// imapFlags maps Maildir letters to IMAP flags (never nil: FLAGS () is
-// still FLAGS).
-func imapFlags(f mailbox.Flags) []imap.Flag {
+// imapFlags maps Maildir letters to IMAP flags, keywords by the folder's
+// names (never nil: FLAGS () is still FLAGS).
+func imapFlags(f *mailbox.Folder, fl mailbox.Flags) []imap.Flag {
 	out := []imap.Flag{}
 	for _, sf := range systemFlags {
-		if f.Has(flagLetters[strings.ToLower(string(sf))]) {
+		if fl.Has(flagLetters[strings.ToLower(string(sf))]) {
 			out = append(out, sf)
 		}
+	}
+	for _, k := range f.KeywordNames(fl) {
+		out = append(out, imap.Flag(k))
+	}
+	return out
+}
+
+// flags are a message's flags as this session shows them: with \Recent.
+func (sel *selected) flags(m mailbox.Message) []imap.Flag {
+	out := imapFlags(sel.f, m.Flags)
+	if sel.recent.Contains(imap.UID(m.UID)) {
+		out = append(out, flagRecent)
 	}
 	return out
 }

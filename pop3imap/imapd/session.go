@@ -207,24 +207,47 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	if o.SelectSubscribed {
 		candidates = subscribed
 	}
-	var list []string
-	for n := range candidates {
+	matches := func(n string) bool {
 		for _, p := range patterns {
 			if matchList(n, ref, p) {
-				list = append(list, n)
-				break
+				return true
+			}
+		}
+		return false
+	}
+	var list []string
+	listed := map[string]bool{}
+	for n := range candidates {
+		if matches(n) {
+			list = append(list, n)
+			listed[n] = true
+		}
+	}
+	// LSUB "%" lists the unsubscribed level above a subscribed folder
+	// that "%" stops short of, as \Noselect (RFC 3501 6.3.9).
+	noSelect := map[string]bool{}
+	if o.SelectSubscribed {
+		for n := range subscribed {
+			if matches(n) {
+				continue
+			}
+			for _, p := range parents(n) {
+				if !subscribed[p] && !listed[p] && matches(p) {
+					list = append(list, p)
+					listed[p], noSelect[p] = true, true
+				}
 			}
 		}
 	}
 	sort.Strings(list)
 	for _, n := range list {
 		d := &imap.ListData{Mailbox: n, Delim: mailbox.Delim}
-		if !exists[n] {
+		if !exists[n] || noSelect[n] {
 			// A level above a folder, or (LSUB) a subscription to a
 			// folder that is gone.
 			d.Attrs = append(d.Attrs, imap.MailboxAttrNoSelect)
 		}
-		if hasChild(n, all) {
+		if hasChild(n, all) || noSelect[n] {
 			d.Attrs = append(d.Attrs, imap.MailboxAttrHasChildren)
 		} else {
 			d.Attrs = append(d.Attrs, imap.MailboxAttrHasNoChildren)
@@ -286,11 +309,14 @@ func (s *session) Status(name string, o *imap.StatusOptions) (*imap.StatusData, 
 	defer f.Close()
 	data := &imap.StatusData{Mailbox: name}
 	f.View(func(v mailbox.View) {
-		var n, unseen, deleted, zero uint32
+		var n, unseen, deleted, recent uint32
 		var size, deletedSize int64
 		for _, m := range v.Messages {
 			n++
 			size += m.Size
+			if m.UID >= v.FirstRecent {
+				recent++
+			}
 			if !m.Flags.Has(mailbox.Seen) {
 				unseen++
 			}
@@ -316,7 +342,7 @@ func (s *session) Status(name string, o *imap.StatusOptions) (*imap.StatusData, 
 			data.DeletedStorage = &deletedSize
 		}
 		if o.NumRecent {
-			data.NumRecent = &zero // no \Recent in this store
+			data.NumRecent = &recent
 		}
 	})
 	return data, nil
@@ -332,7 +358,11 @@ func (s *session) Append(name string, r imap.LiteralReader, o *imap.AppendOption
 		return nil, storeError(err)
 	}
 	defer f.Close()
-	uid, err := f.Append(r, storeFlags(o.Flags), o.Time)
+	flags, err := storeFlags(f, o.Flags, true)
+	if err != nil {
+		return nil, storeError(err)
+	}
+	uid, err := f.Append(r, flags, o.Time)
 	if err != nil {
 		return nil, storeError(err)
 	}

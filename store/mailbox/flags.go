@@ -6,8 +6,9 @@ import (
 )
 
 // Flags are a message's Maildir flags: the letters after ":2," in its file
-// name, sorted, each once. Letters other than the five below (Dovecot's
-// keyword letters, say) are kept as they are.
+// name, sorted, each once. The lower-case letters are keywords (see
+// keywords.go); upper-case letters other than the five below are kept as
+// they are.
 type Flags string
 
 // The Maildir flag letters and the IMAP system flags they stand for.
@@ -21,6 +22,9 @@ const (
 
 // systemFlags are the letters IMAP's system flags map to.
 const systemFlags Flags = "DFRST"
+
+// keywordLetters are the letters that stand for keywords.
+const keywordLetters Flags = "abcdefghijklmnopqrstuvwxyz"
 
 // MakeFlags returns the flags named by the ASCII letters in s, sorted.
 func MakeFlags(s string) Flags {
@@ -56,8 +60,8 @@ func (f Flags) Without(del Flags) Flags {
 type FlagOp int
 
 const (
-	// Replace sets the system flags to exactly the given ones; other
-	// letters stay.
+	// Replace sets the system flags and keywords to exactly the given
+	// ones; other letters stay.
 	Replace FlagOp = iota
 	// Add sets the given flags.
 	Add
@@ -72,7 +76,7 @@ func (op FlagOp) apply(cur, f Flags) Flags {
 	case Remove:
 		return cur.Without(f)
 	default:
-		return cur.Without(systemFlags).With(f)
+		return cur.Without(systemFlags + keywordLetters).With(f)
 	}
 }
 

@@ -32,6 +32,9 @@ type Message struct {
 type View struct {
 	UIDValidity uint32
 	UIDNext     UID
+	// FirstRecent is the first UID no read-write IMAP session has seen
+	// yet: the messages from it on are \Recent (see ClaimRecent).
+	FirstRecent UID
 	Messages    []Message // in UID order; position+1 is the sequence number
 }
 
@@ -66,10 +69,15 @@ type Folder struct {
 	loaded    bool
 	validity  uint32
 	next      UID
+	recent    UID // the first UID not yet claimed as \Recent
 	msgs      []Message
 	newMtime  time.Time
 	curMtime  time.Time
 	observers map[*Observer]struct{}
+	// keywords are the folder's keyword names by letter (see
+	// keywords.go); replaced whole, so that Observers can read it
+	// without the lock.
+	keywords atomic.Pointer[[]string]
 }
 
 // OpenFolder opens the user's folder name, scanning it if no session has
@@ -152,7 +160,26 @@ func (f *Folder) Observe(newObserver func(count int) Observer) (stop func()) {
 func (f *Folder) View(fn func(v View)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fn(View{UIDValidity: f.validity, UIDNext: f.next, Messages: f.msgs})
+	fn(View{UIDValidity: f.validity, UIDNext: f.next, FirstRecent: f.recent, Messages: f.msgs})
+}
+
+// ClaimRecent hands the caller (a read-write IMAP session) the messages
+// no session has claimed yet, and records that they are claimed: RFC 3501
+// has a message \Recent in the one session that sees it first. It
+// returns their UIDs in order.
+func (f *Folder) ClaimRecent() ([]UID, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.usable(); err != nil || f.recent == f.next {
+		return nil, err
+	}
+	i, _ := f.find(f.recent)
+	var out []UID
+	for _, m := range f.msgs[i:] {
+		out = append(out, m.UID)
+	}
+	f.recent = f.next
+	return out, writeUIDList(f.dir, f.validity, f.next, f.recent, f.msgs)
 }
 
 // Messages returns a copy of the folder's messages in UID order.
@@ -322,7 +349,7 @@ func (f *Folder) scanLocked() error {
 	}
 	f.newMtime, f.curMtime = f.mtimes()
 	if changed {
-		return writeUIDList(f.dir, f.validity, f.next, f.msgs)
+		return writeUIDList(f.dir, f.validity, f.next, f.recent, f.msgs)
 	}
 	return nil
 }
@@ -357,10 +384,12 @@ func (f *Folder) loadLocked(found map[string]diskFile) bool {
 		if l != nil {
 			old = l.validity
 		}
-		l = &uidList{validity: f.s.newValidity(old), next: 1}
+		l = &uidList{validity: f.s.newValidity(old), next: 1, recent: 1}
 		changed = true
 	}
-	f.validity, f.next = l.validity, l.next
+	f.validity, f.next, f.recent = l.validity, l.next, l.recent
+	kw := readKeywords(f.dir)
+	f.keywords.Store(&kw)
 	for i, key := range l.keys {
 		d, ok := found[key]
 		if !ok {
@@ -524,7 +553,7 @@ func (f *Folder) adoptLocked(files []pending) (uids []UID, err error) {
 		return uids, err
 	}
 	f.newMtime, f.curMtime = f.mtimes()
-	if err := writeUIDList(f.dir, f.validity, f.next, f.msgs); err != nil {
+	if err := writeUIDList(f.dir, f.validity, f.next, f.recent, f.msgs); err != nil {
 		return uids, err
 	}
 	return uids, failed
@@ -627,7 +656,7 @@ func (f *Folder) removeFilesLocked(match func(m *Message) bool) ([]UID, error) {
 	}
 	sort.Slice(uids, func(i, j int) bool { return uids[i] < uids[j] })
 	f.newMtime, f.curMtime = f.mtimes()
-	if err := writeUIDList(f.dir, f.validity, f.next, f.msgs); err != nil && firstErr == nil {
+	if err := writeUIDList(f.dir, f.validity, f.next, f.recent, f.msgs); err != nil && firstErr == nil {
 		firstErr = err
 	}
 	return uids, firstErr
@@ -665,8 +694,95 @@ func (f *Folder) CopyTo(dst *Folder, uids []UID) (from, to []UID, err error) {
 	if len(files) == 0 {
 		return nil, nil, nil
 	}
+	if dst != f {
+		if err := f.translateKeywords(dst, files); err != nil {
+			for _, q := range files {
+				os.Remove(q.tmp)
+			}
+			return nil, nil, err
+		}
+	}
 	to, err = dst.adopt(files)
 	return from[:len(to)], to, err
+}
+
+// translateKeywords turns the keyword letters of files, which are f's,
+// into dst's, defining the keywords in dst as needed (and while there
+// is room).
+func (f *Folder) translateKeywords(dst *Folder, files []pending) error {
+	for i := range files {
+		fl := files[i].flags
+		kw := fl.Without(fl.Without(keywordLetters)) // the keyword letters alone
+		if kw == "" {
+			continue
+		}
+		letters, err := dst.KeywordFlags(f.KeywordNames(kw), true)
+		if err != nil {
+			return err
+		}
+		files[i].flags = fl.Without(keywordLetters).With(letters)
+	}
+	return nil
+}
+
+// MoveWithin moves the messages with uids (those that exist) to the end
+// of their own folder under new UIDs (IMAP MOVE into the selected
+// folder). Each file is first linked under a new name, so a crash leaves
+// a duplicate, never a loss; then the originals are removed and the
+// copies added, in that order, which is the order observers hear them
+// in. It returns the old and new UIDs pairwise.
+func (f *Folder) MoveWithin(uids []UID) (from, to []UID, err error) {
+	f.mu.Lock()
+	from, to, err = f.moveWithinLocked(uids)
+	f.mu.Unlock()
+	if len(to) > 0 {
+		f.s.notify(f.dir)
+	}
+	return from, to, err
+}
+
+func (f *Folder) moveWithinLocked(uids []UID) (from, to []UID, err error) {
+	if err := f.usable(); err != nil {
+		return nil, nil, err
+	}
+	var moved []Message
+	for _, uid := range uids {
+		i, ok := f.find(uid)
+		if !ok {
+			continue
+		}
+		m := f.msgs[i]
+		key := maildir.UniqueName() + ",S=" + strconv.FormatInt(m.Size, 10)
+		nm := Message{Key: key, Size: m.Size, Flags: m.Flags, Date: m.Date, file: curName(key, m.Flags)}
+		if err := os.Link(f.path(&m), f.path(&nm)); err != nil {
+			for _, n := range moved {
+				os.Remove(f.path(&n))
+			}
+			return nil, nil, fmt.Errorf("mailbox: move: %w", err)
+		}
+		moved = append(moved, nm)
+		from = append(from, uid)
+	}
+	if len(moved) == 0 {
+		return nil, nil, nil
+	}
+	if err := syncDir(filepath.Join(f.dir, "cur")); err != nil {
+		return nil, nil, err
+	}
+	set := make(map[UID]bool, len(from))
+	for _, u := range from {
+		set[u] = true
+	}
+	if _, err := f.removeFilesLocked(func(m *Message) bool { return set[m.UID] }); err != nil {
+		// The copies are on disk: the next scan gives them UIDs.
+		f.dirty.Store(true)
+		return nil, nil, err
+	}
+	for _, nm := range moved {
+		to = append(to, f.appendLocked(nm))
+	}
+	f.newMtime, f.curMtime = f.mtimes()
+	return from, to, writeUIDList(f.dir, f.validity, f.next, f.recent, f.msgs)
 }
 
 // linkTmp puts a copy of the message file src into f's tmp/.

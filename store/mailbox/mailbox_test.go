@@ -156,6 +156,7 @@ func FuzzUIDList(f *testing.F) {
 	f.Add("moat-uidlist 1 1700000000 4\n1 a,S=1\n3 b,S=2\n")
 	f.Add("moat-uidlist 1 5 1\n")
 	f.Add("moat-uidlist 1 5 3\n2 x\n1 y\n")
+	f.Add("moat-uidlist 1 1700000000 4 2\n1 a,S=1\n3 b,S=2\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, uidListName), []byte(s), 0o600); err != nil {
@@ -172,11 +173,14 @@ func FuzzUIDList(f *testing.F) {
 			}
 			msgs = append(msgs, Message{UID: u, Key: l.keys[i]})
 		}
-		if err := writeUIDList(dir, l.validity, l.next, msgs); err != nil {
+		if l.recent == 0 || l.recent > l.next {
+			t.Fatalf("accepted first recent UID %d with next %d: %q", l.recent, l.next, s)
+		}
+		if err := writeUIDList(dir, l.validity, l.next, l.recent, msgs); err != nil {
 			t.Fatal(err)
 		}
 		l2, err := readUIDList(dir)
-		if err != nil || l2.validity != l.validity || l2.next != l.next || len(l2.uids) != len(l.uids) {
+		if err != nil || l2.validity != l.validity || l2.next != l.next || l2.recent != l.recent || len(l2.uids) != len(l.uids) {
 			t.Fatalf("round trip of %q: %+v, %v", s, l2, err)
 		}
 	})
@@ -839,9 +843,14 @@ func TestForeignFiles(t *testing.T) {
 	if len(ms) != 1 || ms[0].Flags != "Sab" || ms[0].Size != 1 {
 		t.Fatalf("messages %+v", ms)
 	}
-	out, _ := f.SetFlags([]UID{ms[0].UID}, Replace, "F", nil)
-	if out[0].Flags != "Fab" {
-		t.Errorf("Replace dropped keyword letters: %q", out[0].Flags)
+	out, _ := f.SetFlags([]UID{ms[0].UID}, Add, "F", nil)
+	if out[0].Flags != "FSab" {
+		t.Errorf("Add dropped keyword letters: %q", out[0].Flags)
+	}
+	// Keyword letters are keywords: Replace replaces them too.
+	out, _ = f.SetFlags([]UID{ms[0].UID}, Replace, "F", nil)
+	if out[0].Flags != "F" {
+		t.Errorf("Replace kept keyword letters: %q", out[0].Flags)
 	}
 	if !bytes.Equal([]byte(readAll(t, f, ms[0].UID)), []byte("x")) {
 		t.Error("content changed")

@@ -13,14 +13,17 @@ import (
 // The UID list of a folder, <folder>/moat-uidlist, keeps IMAP UIDs stable
 // across restarts. It is text:
 //
-//	moat-uidlist 1 <uidvalidity> <uidnext>
+//	moat-uidlist 1 <uidvalidity> <uidnext> [<first recent uid>]
 //	<uid> <key>
 //	...
 //
 // one line per message in UID order, where key is the message file's name
 // up to the ":" (it survives moves from new/ to cur/ and flag changes).
-// It is rewritten whole, atomically, whenever UIDs are assigned or
-// messages go away.
+// It is rewritten whole, atomically, whenever UIDs are assigned,
+// messages go away or a session claims the \Recent ones. The messages
+// from the first recent UID on have not been seen by any read-write IMAP
+// session yet (\Recent); a list without it (written before moat kept
+// \Recent) has none.
 const uidListName = "moat-uidlist"
 
 const uidListMagic = "moat-uidlist 1"
@@ -28,6 +31,7 @@ const uidListMagic = "moat-uidlist 1"
 type uidList struct {
 	validity uint32
 	next     UID
+	recent   UID // the first UID not yet claimed as \Recent
 	uids     []UID
 	keys     []string
 }
@@ -56,15 +60,19 @@ func parseUIDList(sc *bufio.Scanner) (*uidList, error) {
 	}
 	head := sc.Text()
 	fields := strings.Fields(strings.TrimPrefix(head, uidListMagic))
-	if !strings.HasPrefix(head, uidListMagic+" ") || len(fields) != 2 {
+	if !strings.HasPrefix(head, uidListMagic+" ") || len(fields) < 2 || len(fields) > 3 {
 		return nil, errCorrupt
 	}
 	validity, err1 := strconv.ParseUint(fields[0], 10, 32)
 	next, err2 := strconv.ParseUint(fields[1], 10, 32)
-	if err1 != nil || err2 != nil || validity == 0 || next == 0 {
+	recent, err3 := next, error(nil)
+	if len(fields) == 3 {
+		recent, err3 = strconv.ParseUint(fields[2], 10, 32)
+	}
+	if err1 != nil || err2 != nil || err3 != nil || validity == 0 || next == 0 {
 		return nil, errCorrupt
 	}
-	l := &uidList{validity: uint32(validity), next: UID(next)}
+	l := &uidList{validity: uint32(validity), next: UID(next), recent: UID(min(max(recent, 1), next))}
 	bad := func() (*uidList, error) { return &uidList{validity: l.validity}, errCorrupt }
 	seen := map[string]bool{}
 	for sc.Scan() {
@@ -87,9 +95,9 @@ func parseUIDList(sc *bufio.Scanner) (*uidList, error) {
 // writeUIDList replaces the list in dir crash-safely: a new file is
 // written and fsynced, renamed over the old one, and the directory is
 // fsynced, so the list on disk is always one whole version.
-func writeUIDList(dir string, validity uint32, next UID, msgs []Message) error {
+func writeUIDList(dir string, validity uint32, next, recent UID, msgs []Message) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %d %d\n", uidListMagic, validity, next)
+	fmt.Fprintf(&b, "%s %d %d %d\n", uidListMagic, validity, next, recent)
 	for _, m := range msgs {
 		fmt.Fprintf(&b, "%d %s\n", m.UID, m.Key)
 	}
