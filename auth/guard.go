@@ -10,10 +10,10 @@ import (
 )
 
 // counters keeps failed-login counts and lockouts by key (a client
-// network or a user name). memCounters keeps them in this process; a
-// cluster would put a shared (Redis) implementation behind the same
-// interface so that every node sees the same counts, hence the context and
-// the errors that the in-memory one never returns.
+// network or a user name). memCounters keeps them in this process;
+// sharedCounters (redis.go, WithRedis) keeps them in Redis so that every
+// node of a cluster sees the same counts, hence the context and the errors
+// that the in-memory one never returns.
 type counters interface {
 	// locked reports whether key is locked out at now.
 	locked(ctx context.Context, key string, now time.Time) (bool, error)

@@ -142,8 +142,9 @@ type Service struct {
 var _ Authenticator = (*Service)(nil)
 
 // New makes the login authority over users with the rules s; every
-// attempt is written to log.
-func New(users Verifier, s Settings, log *audit.Logger) *Service {
+// attempt is written to log. The failure counters are this process's own
+// unless an option (WithRedis) shares them.
+func New(users Verifier, s Settings, log *audit.Logger, opts ...Option) *Service {
 	s = s.withDefaults()
 	svc := &Service{
 		users: users,
@@ -153,6 +154,7 @@ func New(users Verifier, s Settings, log *audit.Logger) *Service {
 		now:   time.Now,
 		sleep: sleepCtx,
 	}
+	svc.apply(opts)
 	svc.set.Store(&s)
 	return svc
 }
