@@ -4,6 +4,9 @@
 package config
 
 import (
+	"net"
+	"strings"
+
 	"go.yaml.in/yaml/v3"
 
 	"moat/internal/yamlx"
@@ -127,10 +130,45 @@ type Redis struct {
 // Mailbox configures a POP3 or IMAP4 service. Without listeners the
 // service is off.
 type Mailbox struct {
-	Listeners   []MailboxListener `yaml:"listeners"`
-	Upstream    string            `yaml:"upstream"`
-	UpstreamTLS string            `yaml:"upstream_tls"`
-	CAFile      string            `yaml:"ca_file"`
+	Listeners []MailboxListener `yaml:"listeners"`
+	// Upstream is "local" (the built-in store) or the host:port of the
+	// internal server logins are proxied to (proxy mode).
+	Upstream string `yaml:"upstream"`
+	// Upstreams sends logins of some domains to other servers (proxy
+	// mode): login domain → host:port.
+	Upstreams map[string]string `yaml:"upstreams"`
+	// UpstreamTLS is how moat talks to upstreams: implicit, starttls or
+	// none. Default: implicit for ports 993 and 995, else starttls.
+	UpstreamTLS string `yaml:"upstream_tls"`
+	// CAFile adds the CA that signed the upstreams' certificates (they
+	// are always verified).
+	CAFile string `yaml:"ca_file"`
+}
+
+// Proxy reports whether the service proxies logins to internal servers.
+func (m *Mailbox) Proxy() bool { return m.Upstream != "local" }
+
+// UpstreamFor returns the upstream for a login user@domain: its domain's
+// entry in Upstreams, else Upstream.
+func (m *Mailbox) UpstreamFor(user string) string {
+	if i := strings.LastIndexByte(user, '@'); i >= 0 {
+		if u, ok := m.Upstreams[routeKey(user[i+1:])]; ok {
+			return u
+		}
+	}
+	return m.Upstream
+}
+
+// TLSFor is the TLS mode towards upstream addr: upstream_tls, or by port
+// when it is not set.
+func (m *Mailbox) TLSFor(addr string) string {
+	if m.UpstreamTLS != "" {
+		return m.UpstreamTLS
+	}
+	if _, port, _ := net.SplitHostPort(addr); port == "993" || port == "995" {
+		return "implicit"
+	}
+	return "starttls"
 }
 
 // MailboxListener is one POP3 or IMAP4 listening socket.

@@ -304,8 +304,15 @@ func TestProblems(t *testing.T) {
 			`t.yaml:5:22: imap.listeners[0].addr: ":025" is already used by smtp.listeners[0]`}},
 		{"pop3 bad addr", "hostname: mx.example.test\npop3: {listeners: [{addr: \"110\"}]}\n", []string{
 			`t.yaml:2:27: pop3.listeners[0].addr: want host:port such as ":25" or "127.0.0.1:2525", got "110"`}},
-		{"pop3 proxy mode", "hostname: mx.example.test\npop3: {upstream: \"exchange.corp:995\"}\n", []string{
-			`t.yaml:2:18: pop3.upstream: proxy mode (upstream "exchange.corp:995") is not implemented in this version; use local`}},
+		{"pop3 proxy mode", "hostname: mx.example.test\npop3: {upstream: \"exchange.corp:995\", upstream_tls: none}\n", []string{
+			`t.yaml:2:53: warning: pop3.upstream_tls: users' passwords cross to the upstream unencrypted`}},
+		{"imap ca_file missing", "hostname: mx.example.test\nimap: {upstream: \"exchange:993\", ca_file: /nonexistent/ca.pem}\n", []string{
+			`t.yaml:2:43: imap.ca_file: cannot read: open /nonexistent/ca.pem: no such file or directory`}},
+		{"imap upstreams with local", "hostname: mx.example.test\nimap:\n  upstream: local\n  upstreams: {example.org: \"domino:993\"}\n", []string{
+			`t.yaml:4:3: imap.upstreams: per-domain upstreams need proxy mode (upstream host:port), not local`}},
+		{"imap upstreams", "hostname: mx.example.test\nimap:\n  upstream: \"exchange:993\"\n  upstreams: {\"bad domain\": \"domino:993\", example.org: \"domino\"}\n", []string{
+			`t.yaml:4:15: imap.upstreams: "bad domain" is not a valid domain name`,
+			`t.yaml:4:56: imap.upstreams.example.org: want host:port such as "mail.corp.internal:993", got "domino"`}},
 		{"imap upstream_tls", "hostname: mx.example.test\nimap: {upstream: local, upstream_tls: maybe}\n", []string{
 			`t.yaml:2:39: imap.upstream_tls: want implicit, starttls or none, got "maybe"`}},
 		{"auth values", "hostname: mx.example.test\nauth: {failure_delays: [2s, 2m], max_failures_per_ip: 0, max_failures_per_user: -1, lockout: 0s}\n", []string{
@@ -712,5 +719,27 @@ func TestIDN(t *testing.T) {
 	}
 	if _, ok := toUnicode("xn--zz.example"); ok {
 		t.Error("toUnicode accepted a broken A-label")
+	}
+}
+
+func TestMailboxUpstreams(t *testing.T) {
+	c, errs := Parse("t.yaml", []byte("hostname: mx.example.test\nimap:\n  upstream: \"exchange.corp:993\"\n  upstreams: {Example.ORG: \"domino.corp:143\", bücher.example: \"b.corp:993\"}\npop3: {upstream: \"exchange.corp:1110\", upstream_tls: implicit}\n"))
+	if errs.Err() != nil {
+		t.Fatal(errs)
+	}
+	for _, tc := range []struct{ user, upstream, tls string }{
+		{"a@example.com", "exchange.corp:993", "implicit"},
+		{"b@example.org", "domino.corp:143", "starttls"},
+		{"c@EXAMPLE.org.", "domino.corp:143", "starttls"},
+		{"d@xn--bcher-kva.example", "b.corp:993", "implicit"},
+		{"no-domain", "exchange.corp:993", "implicit"},
+	} {
+		u := c.IMAP.UpstreamFor(tc.user)
+		if u != tc.upstream || c.IMAP.TLSFor(u) != tc.tls {
+			t.Errorf("%s: upstream %s (%s), want %s (%s)", tc.user, u, c.IMAP.TLSFor(u), tc.upstream, tc.tls)
+		}
+	}
+	if !c.IMAP.Proxy() || c.POP3.TLSFor(c.POP3.UpstreamFor("x@y.z")) != "implicit" {
+		t.Errorf("pop3 = %+v", c.POP3)
 	}
 }

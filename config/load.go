@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -230,6 +231,18 @@ func (c *Config) normalize() {
 			c.DNS.Servers[i] = addr
 		}
 	}
+	for _, m := range []*Mailbox{&c.POP3, &c.IMAP} {
+		if m.Upstreams != nil {
+			ups := make(map[string]string, len(m.Upstreams))
+			for k, u := range m.Upstreams {
+				ups[routeKey(k)] = u
+				if a, ok := toASCII(routeKey(k)); ok {
+					ups[a] = u
+				}
+			}
+			m.Upstreams = ups
+		}
+	}
 }
 
 // Route returns the route for a recipient domain. The match ignores case
@@ -429,17 +442,72 @@ func (v *validator) mailbox(name string, m *Mailbox, used map[string]string) {
 				v.warnf(name+"."+k.key, "only used in proxy mode (upstream host:port); ignored with upstream local")
 			}
 		}
+		if len(m.Upstreams) > 0 {
+			v.keyErrorf(name+".upstreams", "%s.upstreams: per-domain upstreams need proxy mode (upstream host:port), not local", name)
+		}
 	case m.Upstream == "":
 		v.errorf(name+".upstream", "must be set: local or host:port")
 	default:
+		port := map[string]string{"pop3": ":995", "imap": ":993"}[name]
+		example := func(problem string) string {
+			return strings.Replace(problem, `"mail.corp.internal:25"`, `"mail.corp.internal`+port+`"`, 1)
+		}
 		if problem := upstreamAddr(m.Upstream); problem != "" {
-			v.errorf(name+".upstream", "%s", problem)
-		} else {
-			// Refused rather than ignored: serving the built-in store to
-			// users who expect their own server would look like lost mail.
-			v.errorf(name+".upstream", "proxy mode (upstream %q) is not implemented in this version; use local", m.Upstream)
+			v.errorf(name+".upstream", "%s", example(problem))
+		}
+		for _, k := range v.keysInOrder(name+".upstreams", m.Upstreams) {
+			p := name + ".upstreams." + k
+			if ascii, ok := toASCII(routeKey(k)); !ok || !validDomain(ascii) {
+				v.keyErrorf(p, "%s.upstreams: %q is not a valid domain name", name, k)
+			}
+			if problem := upstreamAddr(m.Upstreams[k]); problem != "" {
+				v.errorf(p, "%s", example(strings.Replace(problem, "want local or host:port", "want host:port", 1)))
+			}
+		}
+		if m.UpstreamTLS == "none" {
+			v.warnf(name+".upstream_tls", "users' passwords cross to the upstream unencrypted")
+		}
+		if m.CAFile != "" {
+			// Read now, so that moat check and a reload report it here
+			// rather than every login failing later.
+			if pem, err := os.ReadFile(m.CAFile); err != nil {
+				v.errorf(name+".ca_file", "cannot read: %v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				v.errorf(name+".ca_file", "%s holds no PEM certificate", m.CAFile)
+			}
 		}
 	}
+}
+
+// keysInOrder returns the keys of the map at path in file order (so that
+// problems print in order), any not found in the file last, sorted.
+func (v *validator) keysInOrder(path string, m map[string]string) []string {
+	type entry struct {
+		key       string
+		line, col int
+	}
+	var keys []entry
+	for k := range m {
+		e := entry{key: k, line: 1 << 30}
+		if kn, _, ok := find(v.root, path+"."+k); ok && kn != nil {
+			e.line, e.col = kn.Line, kn.Column
+		}
+		keys = append(keys, e)
+	}
+	slices.SortFunc(keys, func(a, b entry) int {
+		if a.line != b.line {
+			return a.line - b.line
+		}
+		if a.col != b.col {
+			return a.col - b.col
+		}
+		return strings.Compare(a.key, b.key)
+	})
+	out := make([]string, len(keys))
+	for i, e := range keys {
+		out[i] = e.key
+	}
+	return out
 }
 
 // auth checks the login settings.

@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
 
 	"moat/audit"
@@ -17,6 +21,7 @@ import (
 	"moat/config"
 	"moat/internal/yamlx"
 	"moat/pop3imap/imapd"
+	"moat/pop3imap/mailproxy"
 	"moat/pop3imap/pop3"
 	"moat/pop3imap/storeadapter"
 	"moat/proxy"
@@ -48,12 +53,38 @@ func authSettings(c *config.Config) auth.Settings {
 	}
 }
 
-// mailServices are the POP3 and IMAP4 listeners over the built-in store.
+// newAuth builds the process's login authority: failure counters shared
+// through Redis when redis.addr is set (a cluster of gateways locks out
+// together; while Redis is unreachable each node counts on its own), else
+// in memory. The client is closed by the caller.
+func newAuth(rt *proxy.Runtime, log *audit.Logger) (*auth.Service, *redis.Client) {
+	cfg := rt.Cfg
+	if cfg.Redis.Addr == "" {
+		return auth.New(rt.Users, authSettings(cfg), log), nil
+	}
+	const timeout = 500 * time.Millisecond
+	rdb := redis.NewClient(&redis.Options{
+		Addr:        cfg.Redis.Addr,
+		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, PoolTimeout: timeout,
+		// One attempt per call: a login must not wait on retries, and
+		// the memory counters cover an outage.
+		DialerRetries: 1, MaxRetries: -1,
+		ContextTimeoutEnabled:    true,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	return auth.New(rt.Users, authSettings(cfg), log, auth.WithRedis(rdb)), rdb
+}
+
+// mailServices are the POP3 and IMAP4 listeners: over the built-in store,
+// or proxying logins to internal servers (proxy mode).
 type mailServices struct {
-	pop3 *pop3.Server
-	imap *imapd.Server
-	lns  []mailListener
-	wg   sync.WaitGroup
+	pop3      *pop3.Server
+	imap      *imapd.Server
+	pop3Proxy *mailproxy.Server
+	imapProxy *mailproxy.Server
+	lns       []mailListener
+	wg        sync.WaitGroup
 }
 
 type mailListener struct {
@@ -63,6 +94,38 @@ type mailListener struct {
 	name  string // pop3, pop3s, imap, imaps: moat.listener in events
 }
 
+// upstreamCAs is the pool that verifies upstream certificates: the
+// system's roots plus the CA in ca_file, if any.
+func upstreamCAs(key, file string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if file == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: %s holds no PEM certificate", key, file)
+	}
+	return pool, nil
+}
+
+// proxyRoute maps a login to its upstream from one service's config.
+func proxyRoute(name string, m config.Mailbox) (func(string) (mailproxy.Upstream, bool), error) {
+	pool, err := upstreamCAs(name+".ca_file", m.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	return func(user string) (mailproxy.Upstream, bool) {
+		addr := m.UpstreamFor(user)
+		return mailproxy.Upstream{Addr: addr, TLS: m.TLSFor(addr), RootCAs: pool}, addr != ""
+	}, nil
+}
+
 // listenMail binds every POP3 and IMAP listener of the config (none when
 // the config has none). TLS certificates come from srv's runtime, so a
 // reloaded certificate serves new connections at once.
@@ -70,6 +133,40 @@ func listenMail(srv *proxy.Server, log *audit.Logger) (*mailServices, error) {
 	rt := srv.Runtime()
 	cfg := rt.Cfg
 	m := &mailServices{}
+	tlsConf := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return srv.Runtime().Cert, nil
+		},
+	}
+	for _, svc := range []struct {
+		proto string
+		conf  config.Mailbox
+	}{{"pop3", cfg.POP3}, {"imap", cfg.IMAP}} {
+		if len(svc.conf.Listeners) == 0 {
+			continue
+		}
+		switch {
+		case svc.conf.Proxy():
+			route, err := proxyRoute(svc.proto, svc.conf)
+			if err != nil {
+				return nil, err
+			}
+			p := mailproxy.New(mailproxy.Options{Protocol: svc.proto, Auth: rt.Auth, Route: route,
+				TLSConfig: tlsConf, Hostname: cfg.Hostname, Log: log})
+			if svc.proto == "pop3" {
+				m.pop3Proxy = p
+			} else {
+				m.imapProxy = p
+			}
+		case svc.proto == "pop3":
+			m.pop3 = pop3.New(pop3.Options{Backend: storeadapter.Backend{Store: rt.Mailboxes}, Auth: rt.Auth,
+				TLSConfig: tlsConf, Hostname: cfg.Hostname, Log: log})
+		default:
+			m.imap = imapd.New(imapd.Options{Store: rt.Mailboxes, Auth: rt.Auth, TLSConfig: tlsConf,
+				Hostname: cfg.Hostname, Log: log})
+		}
+	}
 	lcfg := net.ListenConfig{KeepAlive: -1} // every stage has its own deadline
 	for _, svc := range []struct {
 		proto string
@@ -78,7 +175,7 @@ func listenMail(srv *proxy.Server, log *audit.Logger) (*mailServices, error) {
 		for _, l := range svc.conf.Listeners {
 			ln, err := lcfg.Listen(context.Background(), "tcp", l.Addr)
 			if err != nil {
-				m.closeListeners()
+				m.shutdown(context.Background())
 				return nil, fmt.Errorf("%s: listen %s: %w", svc.proto, l.Addr, err)
 			}
 			name := svc.proto
@@ -88,20 +185,27 @@ func listenMail(srv *proxy.Server, log *audit.Logger) (*mailServices, error) {
 			m.lns = append(m.lns, mailListener{ln: ln, proto: svc.proto, l: l, name: name})
 		}
 	}
-	if len(m.lns) == 0 {
-		return m, nil
-	}
-	tlsConf := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return srv.Runtime().Cert, nil
-		},
-	}
-	m.pop3 = pop3.New(pop3.Options{Backend: storeadapter.Backend{Store: rt.Mailboxes}, Auth: rt.Auth,
-		TLSConfig: tlsConf, Hostname: cfg.Hostname, Log: log})
-	m.imap = imapd.New(imapd.Options{Store: rt.Mailboxes, Auth: rt.Auth, TLSConfig: tlsConf,
-		Hostname: cfg.Hostname, Log: log})
 	return m, nil
+}
+
+// reload hands a new configuration's upstreams to the proxies (listeners
+// and modes change only at a restart).
+func (m *mailServices) reload(cfg *config.Config) error {
+	for _, p := range []struct {
+		srv  *mailproxy.Server
+		name string
+		conf config.Mailbox
+	}{{m.pop3Proxy, "pop3", cfg.POP3}, {m.imapProxy, "imap", cfg.IMAP}} {
+		if p.srv == nil || !p.conf.Proxy() {
+			continue
+		}
+		route, err := proxyRoute(p.name, p.conf)
+		if err != nil {
+			return err
+		}
+		p.srv.SetRoute(route)
+	}
+	return nil
 }
 
 // addrs lists the bound addresses of one protocol, for moat.started.
@@ -122,12 +226,18 @@ func (m *mailServices) serve(log *audit.Logger) {
 		go func() {
 			defer m.wg.Done()
 			var err error
-			if l.proto == "pop3" {
+			switch {
+			case l.proto == "pop3" && m.pop3Proxy != nil:
+				err = m.pop3Proxy.Serve(l.ln, mailproxy.Listener{Name: l.name, ImplicitTLS: l.l.ImplicitTLS})
+			case l.proto == "imap" && m.imapProxy != nil:
+				err = m.imapProxy.Serve(l.ln, mailproxy.Listener{Name: l.name, ImplicitTLS: l.l.ImplicitTLS})
+			case l.proto == "pop3":
 				err = m.pop3.Serve(l.ln, pop3.Listener{Name: l.name, ImplicitTLS: l.l.ImplicitTLS})
-			} else {
+			default:
 				err = m.imap.Serve(l.ln, imapd.Listener{Name: l.name, ImplicitTLS: l.l.ImplicitTLS})
 			}
-			if err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			if err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, mailproxy.ErrServerClosed) &&
+				!errors.Is(err, net.ErrClosed) {
 				log.Error(l.proto+".error", zap.String("moat.listener", l.name), zap.String("error.message", err.Error()))
 			}
 		}()
@@ -140,20 +250,24 @@ func (m *mailServices) closeListeners() {
 	}
 }
 
-// shutdown stops both services: POP3 sessions may finish (and reach their
-// UPDATE state) until ctx ends; IMAP sessions are cut at once (go-imap has
-// no graceful stop, and IMAP keeps no uncommitted state to lose).
+// shutdown stops every service: POP3 sessions and proxied sessions may
+// finish until ctx ends; IMAP sessions over the store are cut at once
+// (go-imap has no graceful stop, and the store holds no uncommitted
+// state).
 func (m *mailServices) shutdown(ctx context.Context) error {
-	var err error
+	var errs []error
 	if m.pop3 != nil {
-		err = m.pop3.Shutdown(ctx)
+		errs = append(errs, m.pop3.Shutdown(ctx))
+	}
+	for _, p := range []*mailproxy.Server{m.pop3Proxy, m.imapProxy} {
+		if p != nil {
+			errs = append(errs, p.Shutdown(ctx))
+		}
 	}
 	if m.imap != nil {
-		if cerr := m.imap.Close(); err == nil {
-			err = cerr
-		}
+		errs = append(errs, m.imap.Close())
 	}
 	m.closeListeners()
 	m.wg.Wait()
-	return err
+	return errors.Join(errs...)
 }

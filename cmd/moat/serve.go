@@ -117,7 +117,11 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	}
 	redis.SetLogger(redisLog{log})
 	rt.Users = users.Open(usersPath(cfg))
-	rt.Auth = auth.New(rt.Users, authSettings(cfg), log)
+	authSvc, authRedis := newAuth(rt, log)
+	if authRedis != nil {
+		defer authRedis.Close()
+	}
+	rt.Auth = authSvc
 	rt.Mailboxes = mailbox.Open(cfg.DataDir)
 	if rt.Greylist, err = openGreylistStore(cfg); err != nil {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
@@ -184,12 +188,12 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		select {
 		case sig = <-sigs:
 		case <-changed:
-			reload(srv, path, log, "file change")
+			reload(srv, mail, path, log, "file change")
 			watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
 			continue
 		}
 		if sig == syscall.SIGHUP {
-			reload(srv, path, log, "SIGHUP")
+			reload(srv, mail, path, log, "SIGHUP")
 			if watch != nil {
 				watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
 			}
@@ -234,7 +238,7 @@ func newResolver(c config.DNS) (*resolver.Resolver, error) {
 
 // reload re-reads everything; on any error the running configuration
 // stays and the problems are logged.
-func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
+func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logger, why string) {
 	rt, problems := load(path)
 	var msgs []string
 	for _, p := range problems {
@@ -282,6 +286,14 @@ func reload(srv *proxy.Server, path string, log *audit.Logger, why string) {
 	if old.DataDir != rt.Cfg.DataDir {
 		msgs = append(msgs, "data_dir changed: it takes effect at the next restart")
 		rt.Cfg.DataDir = old.DataDir
+	}
+	if old.POP3.Proxy() != rt.Cfg.POP3.Proxy() || old.IMAP.Proxy() != rt.Cfg.IMAP.Proxy() {
+		msgs = append(msgs, "pop3 or imap switched between local and proxy mode: that takes effect at the next restart")
+	}
+	if err := mail.reload(rt.Cfg); err != nil {
+		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
+			zap.String("message", "configuration not reloaded; the previous one keeps running"))
+		return
 	}
 	if a, ok := rt.Auth.(*auth.Service); ok {
 		a.SetSettings(authSettings(rt.Cfg))
