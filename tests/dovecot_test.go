@@ -23,7 +23,7 @@ const (
 // startDovecotProxy runs a real Dovecot holding one message for
 // dovecotUser and a moat proxying to it: IMAP over implicit TLS and POP3
 // with STLS, both verified against Dovecot's certificate (ca_file).
-func startDovecotProxy(t *testing.T, authExtra map[string]any) (*dovecottest.Server, *Moat, []byte) {
+func startDovecotProxy(t testing.TB, authExtra map[string]any) (*dovecottest.Server, *Moat, []byte) {
 	t.Helper()
 	dc := dovecottest.Start(t, dovecottest.Options{Users: map[string]string{dovecotUser: dovecotPassword}, TLS: true})
 	msg := NewMessage("someone@example.net", dovecotUser, "kept by Dovecot").Bytes()
