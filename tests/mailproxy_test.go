@@ -3,9 +3,11 @@ package tests
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"moat/internal/dovecottest"
 	"moat/internal/redistest"
 )
 
@@ -52,8 +54,28 @@ func TestMailProxyToStore(t *testing.T) {
 	t.Parallel()
 	const user = "erin@local.test"
 	a, stored := startStoreUpstream(t, user)
-	b := StartMoat(t, proxyTo(a, map[string]any{"auth": map[string]any{"max_failures_per_ip": 3, "lockout": "1h"}}))
+	// A second internal server for another domain: logins are routed by
+	// their domain (imap.upstreams / pop3.upstreams).
+	const other = "olga@other.test"
+	a2 := StartMoat(t, Config{Mailboxes: true, Routes: map[string]Route{"other.test": {Upstream: "local"}},
+		Extra: map[string]any{"auth": map[string]any{"allow_plaintext_auth": true}}})
+	addUser(t, a2, other, mailboxPassword)
+	MustSend(t, a2.Addr, Envelope{From: sender, To: []string{other}, Data: NewMessage(sender, other, "routed by domain").Bytes()})
+	b := StartMoat(t, proxyTo(a, map[string]any{
+		"auth": map[string]any{"max_failures_per_ip": 3, "lockout": "1h"},
+		"imap": map[string]any{"upstreams": map[string]any{"other.test": a2.IMAPAddr}},
+		"pop3": map[string]any{"upstreams": map[string]any{"other.test": a2.POP3Addr}},
+	}))
 	b.ForbidInLog(mailboxPassword)
+	for _, url := range []string{"imaps://" + b.IMAPSAddr + "/INBOX;UID=1", "pop3s://" + b.POP3SAddr + "/1"} {
+		r := curl(t, other, mailboxPassword, url)
+		if r.code != 0 || !bytes.Contains(r.stdout, []byte("routed by domain")) {
+			t.Errorf("a login of other.test through the proxy: %s", r)
+		}
+	}
+	b.WaitEvent("routed login", func(e Event) bool {
+		return e.Action() == "imap.login" && e.Outcome() == "success" && e.Str("moat.upstream") == a2.IMAPAddr
+	})
 
 	for _, tc := range []struct{ name, direct, proxied string }{
 		{"imaps", "imaps://" + a.IMAPSAddr + "/INBOX;UID=1", "imaps://" + b.IMAPSAddr + "/INBOX;UID=1"},
@@ -80,7 +102,7 @@ func TestMailProxyToStore(t *testing.T) {
 		t.Errorf("poplib through the proxy: %v", facts)
 	}
 	ev := b.WaitEvent("imap.login through the proxy", func(e Event) bool {
-		return e.Action() == "imap.login" && e.Outcome() == "success"
+		return e.Action() == "imap.login" && e.Outcome() == "success" && e.Str("user.name") == user
 	})
 	if ev.Str("moat.upstream") != a.IMAPAddr || ev.Str("user.name") != user {
 		t.Errorf("login event: %v", ev)
@@ -109,31 +131,46 @@ func TestMailProxyToStore(t *testing.T) {
 	}
 }
 
-// TestMailProxySharedLockout: two proxies sharing one Redis lock a client
-// out together: failures at one make the other refuse the right password.
+// TestMailProxySharedLockout: two moats in front of one Dovecot, sharing
+// one Redis, lock a client out together: failures at one make the other
+// refuse the right password without asking Dovecot.
 func TestMailProxySharedLockout(t *testing.T) {
 	t.Parallel()
 	rdb := redistest.Start(t)
 	if rdb == "" {
 		return
 	}
-	const user = "frank@local.test"
-	a, _ := startStoreUpstream(t, user)
-	shared := map[string]any{"redis": map[string]any{"addr": rdb}, "auth": map[string]any{"max_failures_per_ip": 3, "lockout": "1h"}}
-	b1 := StartMoat(t, proxyTo(a, shared))
-	b2 := StartMoat(t, proxyTo(a, shared))
-	if r := curl(t, user, mailboxPassword, "--ssl-reqd", "imaps://"+b2.IMAPSAddr+"/INBOX;UID=1"); r.code != 0 {
+	dc := dovecottest.Start(t, dovecottest.Options{Users: map[string]string{dovecotUser: dovecotPassword}, TLS: true})
+	dc.Deliver(t, dovecotUser, NewMessage(sender, dovecotUser, "shared lockout").Bytes())
+	ca := filepath.Join(t.TempDir(), "dovecot-ca.pem")
+	if err := os.WriteFile(ca, dc.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Mailboxes: true, Extra: map[string]any{
+		"imap":  map[string]any{"upstream": dc.IMAPSAddr, "upstream_tls": "implicit", "ca_file": ca},
+		"pop3":  map[string]any{"upstream": dc.POP3SAddr, "upstream_tls": "implicit", "ca_file": ca},
+		"redis": map[string]any{"addr": rdb},
+		"auth":  map[string]any{"max_failures_per_ip": 3, "lockout": "1h", "failure_delays": []string{"10ms"}},
+	}}
+	b1, b2 := StartMoat(t, cfg), StartMoat(t, cfg)
+	if r := curl(t, dovecotUser, dovecotPassword, "imaps://"+b2.IMAPSAddr+"/INBOX;UID=1"); r.code != 0 {
 		t.Fatalf("the right password before any failure: %s", r)
 	}
 	for i := 0; i < 3; i++ {
-		if r := curl(t, user, "wrong", "imaps://"+b1.IMAPSAddr+"/INBOX;UID=1"); r.code == 0 {
+		if r := curl(t, dovecotUser, "wrong", "imaps://"+b1.IMAPSAddr+"/INBOX;UID=1"); r.code == 0 {
 			t.Fatalf("a wrong password went through: %s", r)
 		}
 	}
-	if r := curl(t, user, mailboxPassword, "imaps://"+b2.IMAPSAddr+"/INBOX;UID=1"); r.code == 0 {
-		t.Errorf("locked out at the first proxy, yet the second let the right password through: %s", r)
+	dovecotLogins := strings.Count(dc.Log(), "imap-login: Info: Login:")
+	for _, url := range []string{"imaps://" + b2.IMAPSAddr + "/INBOX;UID=1", "pop3s://" + b2.POP3SAddr + "/1"} {
+		if r := curl(t, dovecotUser, dovecotPassword, url); r.code == 0 {
+			t.Errorf("locked out at the first moat, yet the second let the right password through: %s", r)
+		}
 	}
-	b2.WaitEvent("locked at the second proxy", func(e Event) bool {
-		return e.Action() == "imap.login" && e.Str("moat.reason") == "locked_ip"
+	b2.WaitEvent("locked at the second moat", func(e Event) bool {
+		return e.Action() == "pop3.login" && e.Str("moat.reason") == "locked_ip"
 	})
+	if n := strings.Count(dc.Log(), "imap-login: Info: Login:"); n != dovecotLogins {
+		t.Errorf("a locked-out login reached Dovecot")
+	}
 }
