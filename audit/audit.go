@@ -6,6 +6,7 @@ package audit
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -17,8 +18,9 @@ import (
 
 // Logger writes events. The zero value is not usable; use New or Discard.
 type Logger struct {
-	z     *zap.Logger
-	close func() error
+	z      *zap.Logger
+	close  func() error
+	reopen func() error
 }
 
 func encodeTime(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
@@ -47,19 +49,20 @@ func New(log config.Log) (*Logger, error) {
 	default:
 		return nil, fmt.Errorf("log: unknown format %q", log.Format)
 	}
-	var out *os.File
+	var out io.Writer
 	closeFile := func() error { return nil }
+	reopen := func() error { return nil }
 	switch log.Output {
 	case "", "stdout":
 		out = os.Stdout
 	case "stderr":
 		out = os.Stderr
 	default:
-		f, err := os.OpenFile(log.Output, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		f, err := openLogFile(log.Output)
 		if err != nil {
-			return nil, fmt.Errorf("log: %w", err)
+			return nil, err
 		}
-		out, closeFile = f, f.Close
+		out, closeFile, reopen = f, f.Close, f.Reopen
 	}
 	bw := newBatchWriter(out)
 	ws := zapcore.AddSync(bw)
@@ -76,11 +79,22 @@ func New(log config.Log) (*Logger, error) {
 	}
 	// No sampler: every event reaches the SIEM.
 	core := zapcore.NewCore(enc, ws, level)
-	return &Logger{z: zap.New(core), close: closeFn}, nil
+	return &Logger{z: zap.New(core), close: closeFn, reopen: reopen}, nil
 }
 
 // NewZap wraps an existing zap logger (tests use an observer).
-func NewZap(z *zap.Logger) *Logger { return &Logger{z: z, close: func() error { return nil }} }
+func NewZap(z *zap.Logger) *Logger {
+	nop := func() error { return nil }
+	return &Logger{z: z, close: nop, reopen: nop}
+}
+
+// Reopen opens log.output again when it is a file (logrotate moved the
+// old one away); events written meanwhile go to the old file. A no-op
+// for stdout and stderr.
+func (l *Logger) Reopen() error {
+	l.z.Sync()
+	return l.reopen()
+}
 
 // Discard returns a logger that writes nothing.
 func Discard() *Logger { return NewZap(zap.NewNop()) }

@@ -99,3 +99,37 @@ func TestLoggerWritesOneJSONObjectPerLine(t *testing.T) {
 		t.Errorf("@timestamp %q: %v", ts, err)
 	}
 }
+
+// TestReopen: after the log file is moved away (logrotate), Reopen makes
+// the next events go to a new file at the configured path.
+func TestReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "moat.log")
+	l, err := New(config.Log{Format: "json", Output: path, Level: "info"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Event("before.rotate")
+	if err := l.Reopen(); err != nil { // flushes, reopens the same file
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	l.Event("written.to.moved.file.until.reopen")
+	if err := l.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	l.Event("after.rotate")
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(path + ".1")
+	cur, _ := os.ReadFile(path)
+	if !strings.Contains(string(old), "before.rotate") || !strings.Contains(string(old), "written.to.moved.file") || strings.Contains(string(old), "after.rotate") {
+		t.Errorf("rotated file:\n%s", old)
+	}
+	if !strings.Contains(string(cur), "after.rotate") || strings.Contains(string(cur), "before.rotate") {
+		t.Errorf("new file:\n%s", cur)
+	}
+}

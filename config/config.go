@@ -206,15 +206,35 @@ type Log struct {
 	Syslog *Syslog `yaml:"syslog"`
 }
 
-// Syslog ships events to a collector (RFC 5424).
+// Syslog ships every event to a collector as RFC 5424 messages whose
+// body is the JSON event.
 type Syslog struct {
-	Network string `yaml:"network"`
-	Addr    string `yaml:"addr"`
-	TLS     bool   `yaml:"tls"`
-	CAFile  string `yaml:"ca_file"`
+	Network string `yaml:"network"` // tcp (default) | udp
+	Addr    string `yaml:"addr"`    // host:port of the collector
+	// TLS protects a tcp connection (RFC 5425); the collector's
+	// certificate is verified against the system roots plus CAFile.
+	TLS    bool   `yaml:"tls"`
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile: a client certificate, for collectors that
+	// ask for one.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	Facility string `yaml:"facility"` // local0 (default) .. local7, mail, daemon, auth, authpriv, user
+	AppName  string `yaml:"app_name"` // default moat
+	Hostname string `yaml:"hostname"` // default the config's hostname
+	// QueueSize events wait while the collector is slow or away; beyond
+	// it new events are dropped, counted and reported (syslog.dropped).
+	QueueSize int `yaml:"queue_size"`
 }
 
-// Admin is the HTTP endpoint for metrics and health.
+// Facilities maps syslog.facility names to their RFC 5424 codes.
+var Facilities = map[string]int{
+	"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
+	"local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+// Admin is the HTTP endpoint for /metrics, /healthz and /readyz; empty
+// Addr: none.
 type Admin struct {
 	Addr string `yaml:"addr"`
 }

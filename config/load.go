@@ -96,6 +96,7 @@ func parse(file, dir string, data []byte) (*Config, yamlx.Errors) {
 		errs = append(errs, &yamlx.Error{File: file, Line: d.Line, Col: d.Column,
 			Msg: "a config file holds one YAML document; a second one starts here"})
 	}
+	c.fillOptional()
 	if dir != "" {
 		c.resolvePaths(dir)
 	}
@@ -186,6 +187,24 @@ func builtin() *Config {
 	}
 }
 
+// fillOptional gives the optional sections the file set (pointers) the
+// defaults of the keys it left out.
+func (c *Config) fillOptional() {
+	if sl := c.Log.Syslog; sl != nil {
+		def := func(p *string, v string) {
+			if *p == "" {
+				*p = v
+			}
+		}
+		def(&sl.Network, "tcp")     // log.syslog.network
+		def(&sl.Facility, "local0") // log.syslog.facility
+		def(&sl.AppName, "moat")    // log.syslog.app_name
+		if sl.QueueSize == 0 {
+			sl.QueueSize = 10000 // log.syslog.queue_size
+		}
+	}
+}
+
 // resolvePaths makes the relative file paths of c relative to dir.
 func (c *Config) resolvePaths(dir string) {
 	abs := func(p *string) {
@@ -204,6 +223,8 @@ func (c *Config) resolvePaths(dir string) {
 	}
 	if c.Log.Syslog != nil {
 		abs(&c.Log.Syslog.CAFile)
+		abs(&c.Log.Syslog.CertFile)
+		abs(&c.Log.Syslog.KeyFile)
 	}
 	abs(&c.POP3.CAFile)
 	abs(&c.IMAP.CAFile)
@@ -299,7 +320,6 @@ var notImplemented = []struct {
 	{"smtp.limits.pregreet_wait", present},
 	{"smtp.listeners[].proxy_protocol", isTrue},
 	{"log.syslog", present},
-	{"admin", present},
 }
 
 func present(*yaml.Node) bool { return true }
@@ -397,6 +417,14 @@ func (c *Config) Validate() yamlx.Errors {
 	}
 	if c.Log.Output == "" {
 		v.errorf("log.output", "must not be empty: want stdout, stderr or a file path")
+	}
+	if sl := c.Log.Syslog; sl != nil {
+		v.syslog(sl)
+	}
+	if c.Admin.Addr != "" {
+		if _, problem := listenAddr(c.Admin.Addr); problem != "" {
+			v.errorf("admin.addr", "%s", problem)
+		}
 	}
 
 	for _, ni := range notImplemented {
@@ -508,6 +536,51 @@ func (v *validator) keysInOrder(path string, m map[string]string) []string {
 		out[i] = e.key
 	}
 	return out
+}
+
+// syslog checks log.syslog.
+func (v *validator) syslog(sl *Syslog) {
+	switch sl.Network {
+	case "tcp":
+	case "udp":
+		if sl.TLS {
+			v.errorf("log.syslog.tls", "TLS needs network tcp (RFC 5425), not udp")
+		}
+	default:
+		v.errorf("log.syslog.network", "want tcp or udp, got %q", sl.Network)
+	}
+	if sl.Addr == "" {
+		v.errorf("log.syslog.addr", "must be set: host:port of the collector")
+	} else if problem := upstreamAddr(sl.Addr); problem != "" {
+		v.errorf("log.syslog.addr", "%s", strings.Replace(problem, `want local or host:port such as "mail.corp.internal:25"`, `want host:port such as "siem.corp.internal:6514"`, 1))
+	}
+	if _, ok := Facilities[sl.Facility]; !ok {
+		v.errorf("log.syslog.facility", "want one of local0..local7, mail, daemon, auth, authpriv, user, kern, syslog; got %q", sl.Facility)
+	}
+	if sl.QueueSize < 1 || sl.QueueSize > 10_000_000 {
+		v.errorf("log.syslog.queue_size", "must be from 1 to 10000000, got %d", sl.QueueSize)
+	}
+	if (sl.CAFile != "" || sl.CertFile != "") && !sl.TLS {
+		key := "log.syslog.ca_file"
+		if sl.CAFile == "" {
+			key = "log.syslog.cert_file"
+		}
+		v.warnf(key, "only used with tls: true; ignored")
+	}
+	if sl.TLS && sl.CAFile != "" {
+		if pem, err := os.ReadFile(sl.CAFile); err != nil {
+			v.errorf("log.syslog.ca_file", "cannot read: %v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			v.errorf("log.syslog.ca_file", "%s holds no PEM certificate", sl.CAFile)
+		}
+	}
+	if (sl.CertFile == "") != (sl.KeyFile == "") {
+		set, missing := "log.syslog.cert_file", "key_file"
+		if sl.CertFile == "" {
+			set, missing = "log.syslog.key_file", "cert_file"
+		}
+		v.errorf(set, "cert_file and key_file must be set together; %s is missing", missing)
+	}
 }
 
 // auth checks the login settings.

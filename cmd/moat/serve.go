@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
@@ -157,21 +160,34 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "moat: %v\n", err)
 		return exitFail
 	}
+	hl := &health{cfg: func() *config.Config { return srv.Runtime().Cfg }}
+	adminMux := http.NewServeMux()
+	adminHandlers(adminMux, hl)
+	admin, err := listenAdmin(cfg.Admin.Addr, adminMux)
+	if err != nil {
+		mail.shutdown(context.Background())
+		srv.Shutdown(context.Background())
+		fmt.Fprintf(stderr, "moat: %v\n", err)
+		return exitFail
+	}
 	var addrs []string
 	for _, a := range srv.Addrs() {
 		addrs = append(addrs, a.String())
 	}
 	log.Event("moat.started", zap.String("service.version", versionString()), zap.Strings("moat.smtp_listeners", addrs),
 		zap.Strings("moat.pop3_listeners", mail.addrs("pop3")), zap.Strings("moat.imap_listeners", mail.addrs("imap")),
+		zap.String("moat.admin", cfg.Admin.Addr),
 		zap.String("moat.config", configName(path)), zap.String("moat.data_dir", cfg.DataDir))
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srv.Serve(sctx)
 	mail.serve(log)
+	admin.serve()
+	defer admin.shutdown(context.Background())
 	watch, err := newWatcher()
 	if err != nil {
 		log.Warn("config.watch", zap.String("message", "not watching policy files (reload with SIGHUP): "+err.Error()))
@@ -188,17 +204,27 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 		select {
 		case sig = <-sigs:
 		case <-changed:
-			reload(srv, mail, path, log, "file change")
+			hl.reloaded(reload(srv, mail, path, log, "file change"))
 			watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
 			continue
 		}
+		if sig == syscall.SIGUSR1 {
+			// logrotate moved log.output away: write to a new file.
+			if err := log.Reopen(); err != nil {
+				log.Error("log.reopen", zap.String("event.outcome", "failure"), zap.String("error.message", err.Error()))
+			} else {
+				log.Event("log.reopen", zap.String("event.outcome", "success"))
+			}
+			continue
+		}
 		if sig == syscall.SIGHUP {
-			reload(srv, mail, path, log, "SIGHUP")
+			hl.reloaded(reload(srv, mail, path, log, "SIGHUP"))
 			if watch != nil {
 				watch.set(watchDirs(path, srv.Runtime().Cfg.Policies))
 			}
 			continue
 		}
+		hl.stopping.Store(true)
 		log.Event("moat.stopping", zap.String("message", "signal "+sig.String()+": finishing transactions in progress"),
 			zap.Duration("moat.shutdown_timeout", srv.Runtime().Cfg.ShutdownTimeout.D()))
 		tctx, tcancel := context.WithTimeout(ctx, srv.Runtime().Cfg.ShutdownTimeout.D())
@@ -238,7 +264,7 @@ func newResolver(c config.DNS) (*resolver.Resolver, error) {
 
 // reload re-reads everything; on any error the running configuration
 // stays and the problems are logged.
-func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logger, why string) {
+func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logger, why string) error {
 	rt, problems := load(path)
 	var msgs []string
 	for _, p := range problems {
@@ -247,13 +273,13 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	if rt == nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", msgs),
 			zap.String("event.reason", why), zap.String("message", "configuration not reloaded; the previous one keeps running"))
-		return
+		return errors.New(strings.Join(msgs, "; "))
 	}
 	var err error
 	if err = loadCert(rt, log); err != nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
 			zap.String("message", "configuration not reloaded; the previous one keeps running"))
-		return
+		return err
 	}
 	old := srv.Runtime().Cfg
 	rt.Greylist = srv.Runtime().Greylist
@@ -272,7 +298,7 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	} else if rt.DNS, err = newResolver(rt.Cfg.DNS); err != nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
 			zap.String("message", "configuration not reloaded; the previous one keeps running"))
-		return
+		return err
 	}
 	if !slices.Equal(old.SMTP.Listeners, rt.Cfg.SMTP.Listeners) {
 		msgs = append(msgs, "smtp.listeners changed: the new listeners take effect at the next restart")
@@ -280,8 +306,9 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	if !slices.Equal(old.POP3.Listeners, rt.Cfg.POP3.Listeners) || !slices.Equal(old.IMAP.Listeners, rt.Cfg.IMAP.Listeners) {
 		msgs = append(msgs, "pop3 or imap listeners changed: they take effect at the next restart")
 	}
-	if o, n := old.Log, rt.Cfg.Log; o.Format != n.Format || o.Output != n.Output || o.Level != n.Level {
-		msgs = append(msgs, "log settings changed: they take effect at the next restart")
+	if o, n := old.Log, rt.Cfg.Log; o.Format != n.Format || o.Output != n.Output || o.Level != n.Level ||
+		!reflect.DeepEqual(o.Syslog, n.Syslog) || old.Admin != rt.Cfg.Admin {
+		msgs = append(msgs, "log, syslog or admin settings changed: they take effect at the next restart")
 	}
 	if old.DataDir != rt.Cfg.DataDir {
 		msgs = append(msgs, "data_dir changed: it takes effect at the next restart")
@@ -293,7 +320,7 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	if err := mail.reload(rt.Cfg); err != nil {
 		log.Error("config.reload", zap.String("event.outcome", "failure"), zap.Strings("error.message", []string{err.Error()}),
 			zap.String("message", "configuration not reloaded; the previous one keeps running"))
-		return
+		return err
 	}
 	if a, ok := rt.Auth.(*auth.Service); ok {
 		a.SetSettings(authSettings(rt.Cfg))
@@ -302,6 +329,7 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	files, digest := policyDigest(rt.Cfg.Policies)
 	log.Event("config.reload", zap.String("event.outcome", "success"), zap.String("event.reason", why),
 		zap.Strings("moat.policy_files", files), zap.String("moat.policy_hash", digest), zap.Strings("moat.warnings", msgs))
+	return nil
 }
 
 func check(path string, stdout, stderr io.Writer) int {
