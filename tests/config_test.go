@@ -123,3 +123,35 @@ func hasLine(text string, match func(string) bool) bool {
 	}
 	return false
 }
+
+// TestDeployExample: the production example in deploy/ (the one the
+// systemd unit points at) passes `moat check`, and the unit runs that
+// check before starting and asks /healthz on the example's admin.addr.
+func TestDeployExample(t *testing.T) {
+	t.Parallel()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runMoat(t, root, "check", "--config", "deploy/moat.yaml")
+	if code != 0 || !strings.Contains(stdout, "ok") {
+		t.Errorf("moat check deploy/moat.yaml: exit %d\n%s%s", code, stdout, stderr)
+	}
+	unit, err := os.ReadFile(filepath.Join(root, "deploy", "moat.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"ExecStartPre=/usr/local/bin/moat check --config /etc/moat/moat.yaml",
+		"ExecStart=/usr/local/bin/moat serve --config /etc/moat/moat.yaml",
+		"http://127.0.0.1:9025/healthz", "ExecReload=/bin/kill -HUP $MAINPID",
+	} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("deploy/moat.service lacks %q", want)
+		}
+	}
+	example, _ := os.ReadFile(filepath.Join(root, "deploy", "moat.yaml"))
+	if !strings.Contains(string(example), `admin: { addr: "127.0.0.1:9025" }`) {
+		t.Errorf("deploy/moat.yaml no longer serves admin on the address the unit asks")
+	}
+}
