@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"moat/audit"
+	"moat/metrics"
 )
 
 // Verifier checks a password. *users.DB implements it, and takes as long
@@ -187,6 +188,23 @@ const (
 	reasonBadUserName    = "bad_user_name"
 )
 
+// The login metric's series exist from the start, at 0, for every
+// protocol and reason.
+func init() {
+	for _, p := range []string{"smtp", "pop3", "imap"} {
+		for _, r := range []string{reasonOK, reasonBadCredentials, reasonLockedIP, reasonLockedUser, reasonPlaintext, reasonUnavailable, reasonBadUserName} {
+			metrics.LoginAttempts.WithLabelValues(p, outcomeOf(r), r)
+		}
+	}
+}
+
+func outcomeOf(reason string) string {
+	if reason == reasonOK {
+		return "success"
+	}
+	return "failure"
+}
+
 // Login implements Authenticator.
 func (s *Service) Login(ctx context.Context, r Request) (string, error) {
 	set := s.set.Load()
@@ -320,10 +338,8 @@ type attempt struct {
 
 // event writes the login event. It never carries the password.
 func (a *attempt) event(reason string) {
-	outcome := "failure"
-	if reason == reasonOK {
-		outcome = "success"
-	}
+	outcome := outcomeOf(reason)
+	metrics.Login(a.r.Protocol, outcome, reason)
 	fs := []zap.Field{
 		zap.String("event.outcome", outcome),
 		zap.String("source.ip", a.ip.String()),

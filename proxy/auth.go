@@ -167,7 +167,7 @@ func (s *session) authLogin(initial *string) (user, password string, ok bool) {
 func (s *session) authChallenge(challenge string) ([]byte, bool) {
 	s.send(&Reply{Code: 334, Text: base64.StdEncoding.EncodeToString([]byte(challenge))})
 	if !s.flush() {
-		s.quit = true
+		s.end("client_error")
 		return nil, false
 	}
 	s.dc.set(0, s.cfg().SMTP.Timeouts.Command.D())
@@ -181,8 +181,9 @@ func (s *session) authChallenge(challenge string) ([]byte, bool) {
 		if errors.As(err, &ne) && ne.Timeout() {
 			s.send(replyTimeout)
 			s.flush()
+			s.end("timeout")
 		}
-		s.quit = true
+		s.end("client_error")
 		return nil, false
 	}
 	return s.authResponse(line)

@@ -2,12 +2,18 @@ package proxy
 
 import (
 	"bufio"
+	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"moat/audit"
 	"moat/internal/smtptest"
 )
 
@@ -75,4 +81,17 @@ func sendOne(addr, body string) error {
 		}
 	}
 	return nil
+}
+
+// BenchmarkConnectionEvent measures the smtp.connection event written
+// as JSON (to io.Discard), the cost each connection adds.
+func BenchmarkConnectionEvent(b *testing.B) {
+	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{MessageKey: "event.action", TimeKey: "@timestamp", EncodeTime: zapcore.RFC3339NanoTimeEncoder})
+	srv := &Server{log: audit.NewZap(zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zapcore.InfoLevel)))}
+	s := &session{srv: srv, l: &listener{name: "mx"}, id: newID(), start: time.Now(), remote: netip.MustParseAddrPort("203.0.113.5:51234"),
+		helo: "mail.example.net", ntx: 1, accepted: 1, reason: "quit"}
+	b.ReportAllocs()
+	for b.Loop() {
+		srv.logConnection(s)
+	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"moat/config"
 	"moat/filters"
+	"moat/metrics"
 	"moat/policies"
 	"moat/store/mailbox"
 	"moat/store/maildir"
@@ -37,6 +39,7 @@ func (s *session) finish(ctx context.Context, t *txn, sp *spool, c *content) *Re
 	}
 	if r.Positive() {
 		ev.outcome = "success"
+		s.accepted++
 	} else {
 		ev.outcome = "failure"
 		if ev.action == "accept" || ev.action == "tag" {
@@ -63,6 +66,7 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 		s.srv.log.Error("smtp.spool_error", sessionFields(s, c.ioErr.Error())...)
 		return replyLocalFailed
 	}
+	metrics.MessageSize.Observe(float64(c.size))
 	action := policies.Accept
 	var tag *policies.TagSettings
 	if t.policy != nil {
@@ -113,11 +117,16 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 	if action == policies.Quarantine {
 		return s.quarantine(t, body(), ev)
 	}
+	start := time.Now()
+	var r *Reply
 	if t.route.Local() {
-		return s.deliverLocal(t, body, ev)
+		r = s.deliverLocal(t, body, ev)
+	} else {
+		ev.upstream = t.dest
+		r = s.deliverUpstream(ctx, t, body(), size)
 	}
-	ev.upstream = t.dest
-	return s.deliverUpstream(ctx, t, body(), size)
+	metrics.UpstreamDelivered(t.dest, time.Since(start))
+	return r
 }
 
 // outboundHeader returns the header lines moat adds on top (Received and
@@ -353,8 +362,9 @@ func (s *session) deliverUpstream(ctx context.Context, t *txn, msg io.Reader, si
 func (srv *Server) sendUpstream(ctx context.Context, c *config.Config, dest string, p mailParams, rcpts []string, msg io.Reader, warn func(error)) *Reply {
 	to := srv.upstreamTimeouts(c)
 	for attempt := 0; ; attempt++ {
-		u, reused, _, err := srv.pool.get(ctx, dest, c.Hostname, to)
+		u, reused, greet, err := srv.pool.get(ctx, dest, c.Hostname, to)
 		if err != nil {
+			metrics.UpstreamError(dest, dialStage(greet, err))
 			warn(err)
 			return replyUpstreamDown
 		}
@@ -364,6 +374,7 @@ func (srv *Server) sendUpstream(ctx context.Context, c *config.Config, dest stri
 			if reused && attempt == 0 {
 				continue // the upstream had closed the idle connection
 			}
+			metrics.UpstreamError(dest, "command")
 			warn(err)
 			return replyUpstreamDown
 		}
@@ -398,11 +409,27 @@ func (srv *Server) sendUpstream(ctx context.Context, c *config.Config, dest stri
 func (srv *Server) afterData(ctx context.Context, c *config.Config, u *upstreamConn, r *Reply, err error, warn func(error)) *Reply {
 	if err != nil {
 		u.conn.Close()
+		metrics.UpstreamError(u.addr, "data")
 		warn(err)
 		return replyUpstreamDown
 	}
 	srv.release(ctx, c, u)
 	return r
+}
+
+// dialStage is the stage label of moat_upstream_errors_total for a
+// failure to get a connection: refused when the upstream answered with a
+// refusal (greet), connect when it could not be reached or did not greet,
+// command when EHLO or HELO failed.
+func dialStage(greet *Reply, err error) string {
+	var ue *upstreamError
+	switch {
+	case greet != nil:
+		return "refused"
+	case errors.As(err, &ue) && ue.op != "connect" && ue.op != "greeting":
+		return "command"
+	}
+	return "connect"
 }
 
 // release ends the connection's transaction and returns it to the pool.

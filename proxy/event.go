@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"moat/metrics"
 )
 
 // txnEvent is the smtp.transaction event (SPEC.md "The transaction
@@ -80,7 +82,34 @@ func (ev *txnEvent) fields() []zap.Field {
 }
 
 func (srv *Server) logTransaction(ev *txnEvent) {
+	metrics.Transaction(ev.action, ev.policy)
 	srv.log.Event("smtp.transaction", ev.fields()...)
+}
+
+// logConnection writes the smtp.connection event of a session that has
+// ended: the one trace of a client refused before any transaction (early
+// talkers, HTTP probes, relay scans).
+func (srv *Server) logConnection(s *session) {
+	outcome := "failure"
+	if s.reason == "quit" {
+		outcome = "success"
+	}
+	srv.log.Event("smtp.connection",
+		zap.String("event.outcome", outcome),
+		zap.Int64("event.duration", int64(time.Since(s.start))),
+		zap.String("moat.session_id", s.id),
+		zap.String("moat.listener", s.l.name),
+		zap.String("source.ip", s.remote.Addr().Unmap().String()),
+		zap.Uint16("source.port", s.remote.Port()),
+		zap.String("source.domain", s.clientName()),
+		zap.String("moat.helo", s.helo),
+		zap.String("tls.version", tlsVersion(s.tlsState)),
+		zap.String("user.name", s.user),
+		zap.Int("moat.transactions", s.ntx),
+		zap.Int("moat.accepted", s.accepted),
+		zap.Int("moat.errors", s.errs),
+		zap.String("moat.reason", s.reason),
+	)
 }
 
 // sessionFields are the fields of a session-level event (warnings, errors).

@@ -10,6 +10,7 @@ import (
 
 	"moat/filters"
 	"moat/greylist"
+	"moat/metrics"
 	"moat/policies"
 )
 
@@ -106,6 +107,7 @@ func (s *session) greylist(ctx context.Context, t *txn, g *policies.GreylistSett
 	if why := s.greylistSkip(t, g, d); why != "" {
 		res.Value, res.Reason = "skipped", why
 		res.Fields["reason"] = why
+		metrics.Greylist(res.Value)
 		return res, false
 	}
 	gl := s.srv.greylister(s.rt.Greylist, g.Params)
@@ -120,9 +122,11 @@ func (s *session) greylist(ctx context.Context, t *txn, g *policies.GreylistSett
 		if !errors.Is(err, greylist.ErrUnavailable) {
 			s.srv.log.Warn("greylist.error", sessionFields(s, err.Error())...)
 		}
+		metrics.Greylist(res.Value)
 		return res, false
 	}
 	res.Value = string(v.Verdict)
+	metrics.Greylist(res.Value)
 	res.Fields["key"] = v.Key
 	if g.Observe {
 		res.Fields["mode"] = "observe"

@@ -26,6 +26,7 @@ import (
 	"moat/config"
 	"moat/filters"
 	"moat/greylist"
+	"moat/metrics"
 	"moat/policies"
 	"moat/store/mailbox"
 	"moat/store/quarantine"
@@ -75,6 +76,7 @@ type listener struct {
 	conf config.Listener
 	name string // "mx" or "submission", for the event
 	ln   net.Listener
+	m    *metrics.Listener
 }
 
 // New prepares a server for rt; Listen binds the sockets.
@@ -91,6 +93,7 @@ func New(rt *Runtime, log *audit.Logger) (*Server, error) {
 		pool:     newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
 	}
 	s.rt.Store(rt)
+	expectMetrics(rt)
 	s.tlsConfig = &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if c := s.rt.Load().Cert; c != nil {
@@ -118,7 +121,7 @@ func (s *Server) Listen() error {
 		if name == "" {
 			name = "mx"
 		}
-		s.listeners = append(s.listeners, &listener{conf: lc, name: name, ln: ln})
+		s.listeners = append(s.listeners, &listener{conf: lc, name: name, ln: ln, m: metrics.SMTPListener(name)})
 	}
 	return nil
 }
@@ -163,6 +166,7 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) {
 		sess := s.newSession(l, c)
 		if sess == nil {
 			c.Close()
+			l.m.Refused()
 			continue
 		}
 		s.wg.Add(1)
@@ -196,6 +200,7 @@ func (s *Server) newSession(l *listener, c net.Conn) *session {
 		return nil
 	}
 	s.sessions[sess] = struct{}{}
+	l.m.Opened()
 	return sess
 }
 
@@ -220,7 +225,32 @@ func newID() string {
 func (s *Server) Reload(rt *Runtime) {
 	p := rt.Cfg.SMTP.UpstreamPool
 	s.pool.setLimits(p.MaxIdle, p.IdleTimeout.D(), p.MaxAge.D())
+	expectMetrics(rt)
 	s.rt.Store(rt)
+}
+
+// expectMetrics creates the metric series of the policies, checks and
+// upstreams rt names, so that they show as 0 before any traffic.
+func expectMetrics(rt *Runtime) {
+	var e metrics.Expected
+	if rt.Policies != nil {
+		seen := map[string]bool{}
+		for _, p := range append(rt.Policies.Policies(), rt.Policies.Default()) {
+			e.Policies = append(e.Policies, p.Name())
+			for _, c := range p.Checks() {
+				if !seen[c.Name()] {
+					seen[c.Name()] = true
+					e.Checks = append(e.Checks, c.Name())
+				}
+			}
+		}
+	}
+	if rt.Cfg != nil {
+		for _, r := range rt.Cfg.Routes {
+			e.Upstreams = append(e.Upstreams, r.Upstream)
+		}
+	}
+	metrics.Expect(e)
 }
 
 // Runtime returns the configuration in force.

@@ -16,6 +16,7 @@ import (
 
 	"moat/config"
 	"moat/filters"
+	"moat/metrics"
 	"moat/policies"
 )
 
@@ -49,8 +50,10 @@ type session struct {
 	esmtp    bool
 	user     string
 	ntx      int // transactions begun
+	accepted int // transactions whose message was taken (2xx at end of data)
 	errs     int // error replies to bad commands
 	quit     bool
+	reason   string // why the session ended, for the smtp.connection event and metrics: see end
 
 	rdns *rdns // the client's confirmed reverse DNS name, looked up at connect
 
@@ -105,6 +108,7 @@ func (s *session) serve(ctx context.Context) {
 	s.prefetch(ctx, "")
 	if s.l.conf.ImplicitTLS {
 		if !s.handshake() {
+			s.end("tls_error")
 			return
 		}
 	}
@@ -126,16 +130,20 @@ func (s *session) serve(ctx context.Context) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				if s.srv.shutting.Load() && s.tx == nil {
 					s.send(replyShutdown)
+					s.end("shutdown")
 				} else {
 					s.send(replyTimeout)
+					s.end("timeout")
 				}
 				s.flush()
 			}
+			s.end("client_error")
 			s.abortTx("connection lost")
 			return
 		}
 		s.handle(ctx, line)
 		if s.br.Buffered() == 0 && !s.flush() {
+			s.end("client_error")
 			s.abortTx("connection lost")
 			return
 		}
@@ -150,6 +158,7 @@ func (s *session) waitCommand() bool {
 	if s.tx == nil && s.srv.shutting.Load() {
 		s.send(replyShutdown)
 		s.flush()
+		s.end("shutdown")
 		return false
 	}
 	s.idle = s.tx == nil
@@ -221,7 +230,7 @@ func (s *session) bad(r *Reply) {
 	if max := s.cfg().SMTP.Limits.ErrorsPerSession; max > 0 && s.errs >= max {
 		s.send(replyTooManyErrors)
 		s.abortTx("too many errors")
-		s.quit = true
+		s.end("error_limit")
 	}
 }
 
@@ -253,7 +262,7 @@ func (s *session) handle(ctx context.Context, line string) {
 	case "QUIT":
 		s.send(reply(221, "2.0.0", "Bye"))
 		s.abortTx("client quit")
-		s.quit = true
+		s.end("quit")
 	case "HELP":
 		s.send(reply(214, "2.0.0", "See RFC 5321"))
 	case "VRFY", "EXPN":
@@ -266,7 +275,7 @@ func (s *session) handle(ctx context.Context, line string) {
 		// Somebody speaks HTTP to the SMTP port (a proxy abuse probe).
 		s.send(reply(421, "4.7.0", "Not an HTTP server, closing connection"))
 		s.abortTx("non-SMTP command")
-		s.quit = true
+		s.end("http")
 	default:
 		s.bad(reply(500, "5.5.2", "Command not recognized"))
 	}
@@ -325,11 +334,11 @@ func (s *session) cmdStartTLS(arg string) {
 	}
 	s.send(reply(220, "2.0.0", "Ready to start TLS"))
 	if !s.flush() {
-		s.quit = true
+		s.end("client_error")
 		return
 	}
 	if !s.handshake() {
-		s.quit = true
+		s.end("tls_error")
 		return
 	}
 	// RFC 3207 section 4.2: forget everything learnt before TLS, a login
@@ -491,6 +500,9 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 		}
 		lr := pol.Lists(s.remote.Addr(), t.from.String(), rcpt)
 		if lr.Denied {
+			// For the event and the metrics: the policy's deny list refused.
+			t.refusedBy = &policies.Decision{Policy: pol.Name(), Action: policies.Reject, Reason: lr.Reason,
+				Reply: lr.Reply, Checks: map[string]map[string]any{}}
 			return fromFilter(lr.Reply)
 		}
 		allowed := t.allowed || lr.Allowed
@@ -564,10 +576,14 @@ func runChecks(ctx context.Context, pol *policies.Policy, ftx *filters.Txn, want
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			start := time.Now()
 			r, ok := c.Run(cctx, st, ftx)
 			cancel()
 			if ok {
 				results = append(results, r)
+				metrics.CheckRun(c.Name(), r.Value, time.Since(start))
+			} else {
+				metrics.CheckRun(c.Name(), "", time.Since(start))
 			}
 		}
 	}
@@ -609,6 +625,7 @@ func (s *session) verifyUpstream(ctx context.Context, t *txn, route *config.Rout
 	if t.up == nil {
 		u, greet, err := s.srv.upstreamFor(ctx, route.Upstream, s.cfg())
 		if err != nil {
+			metrics.UpstreamError(route.Upstream, dialStage(greet, err))
 			s.srv.log.Warn("smtp.upstream_error", sessionFields(s, err.Error())...)
 			if greet != nil && greet.Code >= 400 {
 				return &Reply{Code: 451, Enhanced: "4.4.1", Text: "Upstream unavailable, try again later"}
@@ -626,6 +643,7 @@ func (s *session) verifyUpstream(ctx context.Context, t *txn, route *config.Rout
 		mr, _, _, err := u.begin(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), s.mailParams(t, t.declaredSize), nil, false)
 		if err != nil {
 			u.conn.Close()
+			metrics.UpstreamError(route.Upstream, "command")
 			return replyUpstreamDown
 		}
 		if mr.Code != 250 {
@@ -637,6 +655,7 @@ func (s *session) verifyUpstream(ctx context.Context, t *txn, route *config.Rout
 	}
 	r, err := t.up.rcpt(ctx, s.cfg().SMTP.Timeouts.UpstreamCommand.D(), addr.String())
 	if err != nil {
+		metrics.UpstreamError(route.Upstream, "command")
 		t.up.conn.Close()
 		t.up = nil
 		return replyUpstreamDown
@@ -689,7 +708,7 @@ func (s *session) cmdData(ctx context.Context, arg string) {
 	}
 	s.send(reply(354, "", "End data with <CR><LF>.<CR><LF>"))
 	if !s.flush() {
-		s.quit = true
+		s.end("client_error")
 		return
 	}
 	sp := newSpool(s.srv.spoolDir, int(s.cfg().SMTP.SpoolMemory))
@@ -717,9 +736,10 @@ func (s *session) lostInData(err error) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		s.send(replyTimeout)
 		s.flush()
+		s.end("timeout")
 	}
 	s.abortTx("connection lost during data")
-	s.quit = true
+	s.end("client_error")
 }
 
 func (s *session) newContent(sp *spool) *content {
@@ -748,7 +768,7 @@ func (s *session) cmdBdat(ctx context.Context, arg string) {
 		// from commands: the session cannot go on safely.
 		s.send(reply(501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection"))
 		s.abortTx("bad BDAT")
-		s.quit = true
+		s.end("protocol_error")
 		return
 	}
 	t := s.tx
@@ -839,10 +859,35 @@ func (d *deadlineConn) Read(p []byte) (int, error) {
 	return d.Conn.Read(p)
 }
 
+// end ends the session after the current command. reason is the word
+// of the smtp.connection event's moat.reason and, but for "http" (counted
+// as refused), the outcome label of moat_smtp_connections_total: quit,
+// timeout, error_limit, client_error (reset, EOF, write failure),
+// tls_error, protocol_error, http, shutdown. The first reason given
+// stands.
+func (s *session) end(reason string) {
+	if reason == "client_error" && s.srv.shutting.Load() {
+		reason = "shutdown" // most likely Shutdown's deadline closed the connection
+	}
+	if s.reason == "" {
+		s.reason = reason
+	}
+	s.quit = true
+}
+
 func (s *session) close() {
 	s.abortTx("connection closed")
 	s.raw.Close()
 	s.srv.forget(s)
+	if s.reason == "" {
+		s.reason = "client_error"
+	}
+	outcome := s.reason
+	if outcome == "http" {
+		outcome = "refused"
+	}
+	s.l.m.Closed(outcome)
+	s.srv.logConnection(s)
 	putReader(s.br)
 	putWriter(s.bw)
 }

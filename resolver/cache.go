@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"moat/metrics"
 )
 
 // key is what the cache and the in-flight queries are keyed by.
@@ -61,6 +63,7 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (*entr
 	k := key{name: dns.Fqdn(strings.ToLower(name)), qtype: qtype}
 	if e := r.cached(k); e != nil {
 		r.hits.Add(1)
+		metrics.DNS.CacheHit.Inc()
 		return e.result(name)
 	}
 	if err := ctx.Err(); err != nil {
@@ -79,9 +82,13 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (*entr
 	case res := <-ch:
 		if !leader {
 			r.coalesced.Add(1)
+			metrics.DNS.Coalesced.Inc()
+		} else {
+			metrics.DNS.CacheMiss.Inc()
 		}
 		return res.Val.(*entry).result(name)
 	case <-ctx.Done():
+		metrics.DNS.CacheMiss.Inc()
 		return nil, r.ctxError(ctx.Err(), name)
 	}
 }

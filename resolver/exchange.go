@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/miekg/dns"
+
+	"moat/metrics"
 )
 
 // exchange asks the servers for name and qtype until one gives an answer
@@ -33,18 +35,31 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 			reply, err := r.attempt(ctx, q, server)
 			if err != nil {
 				fail = classify(err)
+				if fail.timeout {
+					metrics.DNS.Timeout.Inc()
+				} else {
+					metrics.DNS.Error.Inc()
+				}
 				continue
 			}
 			switch reply.Rcode {
-			case dns.RcodeSuccess, dns.RcodeNameError:
+			case dns.RcodeSuccess:
+				metrics.DNS.Success.Inc()
+				return reply, server, nil
+			case dns.RcodeNameError:
+				metrics.DNS.NXDomain.Inc()
 				return reply, server, nil
 			case dns.RcodeServerFailure:
+				metrics.DNS.ServFail.Inc()
 				fail = &failure{text: "server misbehaving (SERVFAIL)", temporary: true}
 			case dns.RcodeRefused:
+				metrics.DNS.Refused.Inc()
 				fail = &failure{text: "query refused (REFUSED)", temporary: true}
 			case dns.RcodeFormatError:
+				metrics.DNS.Error.Inc()
 				fail = &failure{text: "server could not parse the query (FORMERR)"}
 			default:
+				metrics.DNS.Error.Inc()
 				fail = &failure{text: "unexpected reply code " + rcodeName(reply.Rcode), temporary: true}
 			}
 		}

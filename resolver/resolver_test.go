@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"moat/internal/dnstest"
+	"moat/metrics"
 )
 
 // lookupAs runs the lookup named kind and returns its answer as strings.
@@ -613,6 +615,7 @@ func TestCoalescing(t *testing.T) {
 	s := dnstest.New(t, `same.test. 300 IN TXT "x"`)
 	g := newGate("same.test")
 	r, _ := newResolver(t, []string{s.Intercept(t, g.hold)}, func(c *Config) { c.Timeout = 10 * time.Second })
+	coalesced, missed := testutil.ToFloat64(metrics.DNS.Coalesced), testutil.ToFloat64(metrics.DNS.CacheMiss)
 	const callers = 50
 	errs := make(chan error, callers)
 	for range callers {
@@ -636,6 +639,9 @@ func TestCoalescing(t *testing.T) {
 	}
 	if st := r.Stats(); st.Queries != 1 || st.Coalesced != callers-1 {
 		t.Errorf("Stats = %+v, want 1 query and %d coalesced", st, callers-1)
+	}
+	if c, m := testutil.ToFloat64(metrics.DNS.Coalesced)-coalesced, testutil.ToFloat64(metrics.DNS.CacheMiss)-missed; c != callers-1 || m != 1 {
+		t.Errorf("metrics: %v coalesced and %v missed, want %d and 1", c, m, callers-1)
 	}
 }
 

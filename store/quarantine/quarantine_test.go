@@ -436,3 +436,40 @@ func TestOpenRefusesNoLifetime(t *testing.T) {
 		t.Error("Open with lifetime 0 succeeded")
 	}
 }
+
+func TestCount(t *testing.T) {
+	s, _ := open(t, time.Hour)
+	count := func() int {
+		t.Helper()
+		n, err := s.Count()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("empty store: Count = %d", n)
+	}
+	a := put(t, s, "a@example.net", "b@example.com")
+	b := put(t, s, "a@example.net", "b@example.com")
+	// Neither an orphan message nor a stray file is an entry; one in the
+	// releasing state is.
+	if err := os.WriteFile(s.path(strings.Repeat("0", idLen), extMessage), []byte(testMsg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir(), "notes.json"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(s.path(b, extMeta), s.path(b, extReleasing)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 2 {
+		t.Errorf("Count = %d, want 2", n)
+	}
+	if err := s.Delete(a); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("after Delete: Count = %d, want 1", n)
+	}
+}
