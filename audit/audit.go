@@ -5,6 +5,9 @@
 package audit
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -13,24 +16,25 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"moat/audit/syslog"
 	"moat/config"
 )
 
 // Logger writes events. The zero value is not usable; use New or Discard.
 type Logger struct {
-	z      *zap.Logger
-	close  func() error
-	reopen func() error
+	z       *zap.Logger
+	close   func() error
+	reopen  func() error
+	shipper *syslog.Shipper // nil without log.syslog
 }
 
 func encodeTime(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
 	enc.AppendString(t.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
 }
 
-// New builds the logger that log configures: JSON (ECS names) or text,
-// on stdout, stderr or a file (appended to).
-func New(log config.Log) (*Logger, error) {
-	ec := zapcore.EncoderConfig{
+// jsonConfig is the encoding of events: ECS names, one object per line.
+func jsonConfig() zapcore.EncoderConfig {
+	return zapcore.EncoderConfig{
 		TimeKey:        "@timestamp",
 		LevelKey:       "log.level",
 		MessageKey:     "event.action",
@@ -39,6 +43,60 @@ func New(log config.Log) (*Logger, error) {
 		EncodeDuration: zapcore.NanosDurationEncoder,
 		LineEnding:     "\n",
 	}
+}
+
+// shipperFlush bounds how long Close waits for the syslog collector to
+// take what is still queued.
+const shipperFlush = 5 * time.Second
+
+// newShipper starts shipping to log.syslog.
+func newShipper(c *config.Syslog, onDrop func(uint64)) (*syslog.Shipper, error) {
+	sc := syslog.Config{Network: c.Network, Addr: c.Addr, Facility: config.Facilities[c.Facility],
+		AppName: c.AppName, Hostname: c.Hostname, QueueSize: c.QueueSize, OnDrop: onDrop}
+	if c.TLS {
+		sc.Network = "tls"
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("log.syslog.ca_file: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("log.syslog.ca_file: %s holds no PEM certificate", c.CAFile)
+			}
+		}
+		sc.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if c.CertFile != "" {
+			cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("log.syslog.cert_file: %w", err)
+			}
+			sc.TLS.Certificates = []tls.Certificate{cert}
+		}
+	}
+	sh, err := syslog.New(sc)
+	if err != nil {
+		return nil, fmt.Errorf("log.syslog: %w", err)
+	}
+	return sh, nil
+}
+
+// SyslogStats reports the shipper's counters; false when log.syslog is
+// not set.
+func (l *Logger) SyslogStats() (syslog.Stats, bool) {
+	if l.shipper == nil {
+		return syslog.Stats{}, false
+	}
+	return l.shipper.Stats(), true
+}
+
+// New builds the logger that log configures: JSON (ECS names) or text,
+// on stdout, stderr or a file (appended to).
+func New(log config.Log) (*Logger, error) {
+	ec := jsonConfig()
 	var enc zapcore.Encoder
 	switch log.Format {
 	case "", "json":
@@ -78,8 +136,35 @@ func New(log config.Log) (*Logger, error) {
 		level = zapcore.DebugLevel
 	}
 	// No sampler: every event reaches the SIEM.
-	core := zapcore.NewCore(enc, ws, level)
-	return &Logger{z: zap.New(core), close: closeFn, reopen: reopen}, nil
+	local := zapcore.NewCore(enc, ws, level)
+	l := &Logger{z: zap.New(local), close: closeFn, reopen: reopen}
+	if log.Syslog == nil {
+		return l, nil
+	}
+	// The SIEM gets the same events, always as JSON, through a shipper
+	// that never blocks: a second core over it (zapcore.NewTee).
+	localOnly := l.z
+	sh, err := newShipper(log.Syslog, func(n uint64) {
+		localOnly.Warn("syslog.dropped", zap.Uint64("moat.dropped", n),
+			zap.String("message", "the syslog collector was slow or away: events dropped from its queue (they are in the local log)"))
+	})
+	if err != nil {
+		closeFn()
+		return nil, err
+	}
+	remote := zapcore.NewCore(zapcore.NewJSONEncoder(jsonConfig()), sh, level)
+	l.z = zap.New(zapcore.NewTee(local, remote))
+	l.shipper = sh
+	l.close = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), shipperFlush)
+		defer cancel()
+		serr := sh.Close(ctx)
+		if err := closeFn(); err != nil {
+			return err
+		}
+		return serr
+	}
+	return l, nil
 }
 
 // NewZap wraps an existing zap logger (tests use an observer).

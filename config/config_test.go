@@ -306,10 +306,9 @@ func TestProblems(t *testing.T) {
 		{"pop3 proxy mode", "hostname: mx.example.test\npop3: {upstream: \"exchange.corp:995\", upstream_tls: none}\n", []string{
 			`t.yaml:2:53: warning: pop3.upstream_tls: users' passwords cross to the upstream unencrypted`}},
 		{"syslog values", "hostname: mx.example.test\nlog:\n  syslog: {network: udp, tls: true, addr: siem, facility: local9, queue_size: -1, cert_file: c.pem}\n", []string{
-			`t.yaml:3:3: warning: log.syslog: not implemented in this version; ignored`,
 			`t.yaml:3:31: log.syslog.tls: TLS needs network tcp (RFC 5425), not udp`,
 			`t.yaml:3:43: log.syslog.addr: want host:port such as "siem.corp.internal:6514", got "siem"`,
-			`t.yaml:3:59: log.syslog.facility: want one of local0..local7, mail, daemon, auth, authpriv, user, kern, syslog; got "local9"`,
+			`t.yaml:3:59: log.syslog.facility: want one of local0..local7, mail, daemon, auth, authpriv, user, syslog; got "local9"`,
 			`t.yaml:3:79: log.syslog.queue_size: must be from 1 to 10000000, got -1`,
 			`t.yaml:3:94: log.syslog.cert_file: cert_file and key_file must be set together; key_file is missing`}},
 		{"admin addr", "hostname: mx.example.test\nadmin: {addr: 9025}\n", []string{
@@ -453,8 +452,7 @@ func TestWarnings(t *testing.T) {
 			`t.yaml:3:3: warning: smtp.trusted_proxies: not implemented in this version; ignored`}},
 		{"proxy_protocol", "hostname: mx.example.test\nsmtp:\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", []string{
 			`t.yaml:5:21: warning: smtp.listeners[1].proxy_protocol: not implemented in this version; ignored`}},
-		{"services", "hostname: mx.example.test\npop3: {upstream: local}\nimap: {upstream: local}\nadmin: {addr: \"127.0.0.1:9025\"}\nredis: {addr: \"127.0.0.1:6379\"}\nlog: {syslog: {addr: \"siem:6514\"}}\n", []string{
-			`t.yaml:6:7: warning: log.syslog: not implemented in this version; ignored`}},
+		{"services", "hostname: mx.example.test\npop3: {upstream: local}\nimap: {upstream: local}\nadmin: {addr: \"127.0.0.1:9025\"}\nredis: {addr: \"127.0.0.1:6379\"}\nlog: {syslog: {addr: \"siem:6514\"}}\n", nil},
 		{"trusting everyone", "hostname: mx.example.test\nsmtp: {trusted_networks: [\"::/0\", 0.0.0.0/0]}\n", []string{
 			`t.yaml:2:27: warning: smtp.trusted_networks[0]: ::/0 trusts every client: moat relays for anyone (an open relay)`,
 			`t.yaml:2:35: warning: smtp.trusted_networks[1]: 0.0.0.0/0 trusts every client: moat relays for anyone (an open relay)`}},

@@ -196,9 +196,10 @@ func (c *Config) fillOptional() {
 				*p = v
 			}
 		}
-		def(&sl.Network, "tcp")     // log.syslog.network
-		def(&sl.Facility, "local0") // log.syslog.facility
-		def(&sl.AppName, "moat")    // log.syslog.app_name
+		def(&sl.Network, "tcp")                                // log.syslog.network
+		def(&sl.Facility, "local0")                            // log.syslog.facility
+		def(&sl.AppName, "moat")                               // log.syslog.app_name
+		def(&sl.Hostname, strings.TrimSuffix(c.Hostname, ".")) // log.syslog.hostname
 		if sl.QueueSize == 0 {
 			sl.QueueSize = 10000 // log.syslog.queue_size
 		}
@@ -319,7 +320,6 @@ var notImplemented = []struct {
 	{"smtp.limits.connection_rate_per_ip", present},
 	{"smtp.limits.pregreet_wait", present},
 	{"smtp.listeners[].proxy_protocol", isTrue},
-	{"log.syslog", present},
 }
 
 func present(*yaml.Node) bool { return true }
@@ -555,7 +555,7 @@ func (v *validator) syslog(sl *Syslog) {
 		v.errorf("log.syslog.addr", "%s", strings.Replace(problem, `want local or host:port such as "mail.corp.internal:25"`, `want host:port such as "siem.corp.internal:6514"`, 1))
 	}
 	if _, ok := Facilities[sl.Facility]; !ok {
-		v.errorf("log.syslog.facility", "want one of local0..local7, mail, daemon, auth, authpriv, user, kern, syslog; got %q", sl.Facility)
+		v.errorf("log.syslog.facility", "want one of local0..local7, mail, daemon, auth, authpriv, user, syslog; got %q", sl.Facility)
 	}
 	if sl.QueueSize < 1 || sl.QueueSize > 10_000_000 {
 		v.errorf("log.syslog.queue_size", "must be from 1 to 10000000, got %d", sl.QueueSize)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"moat/config"
+	"moat/metrics"
 )
 
 // health is what /readyz reports on: the state the serve loop keeps.
@@ -39,6 +40,7 @@ type probe struct {
 func (h *health) reloaded(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	metrics.Reloaded(err == nil)
 	h.reloadAt = time.Now()
 	h.reloadErr = ""
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"moat/internal/control"
 	"moat/internal/tlsutil"
 	"moat/internal/yamlx"
+	"moat/metrics"
 	"moat/policies"
 	"moat/proxy"
 	"moat/resolver"
@@ -163,6 +164,14 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	hl := &health{cfg: func() *config.Config { return srv.Runtime().Cfg }}
 	adminMux := http.NewServeMux()
 	adminHandlers(adminMux, hl)
+	adminMux.Handle("GET /metrics", metrics.Handler())
+	metrics.RegisterQuarantine(rt.Quarantine.Count)
+	if _, ok := log.SyslogStats(); ok {
+		metrics.RegisterSyslog(func() (queued, sent, dropped uint64) {
+			st, _ := log.SyslogStats()
+			return st.Queued, st.Sent, st.Dropped
+		})
+	}
 	admin, err := listenAdmin(cfg.Admin.Addr, adminMux)
 	if err != nil {
 		mail.shutdown(context.Background())
