@@ -152,8 +152,15 @@ func New(log config.Log) (*Logger, error) {
 		closeFn()
 		return nil, err
 	}
-	remote := zapcore.NewCore(zapcore.NewJSONEncoder(jsonConfig()), sh, level)
-	l.z = zap.New(zapcore.NewTee(local, remote))
+	if log.Format == "text" {
+		// Text for the terminal, JSON for the SIEM: two encodings.
+		remote := zapcore.NewCore(zapcore.NewJSONEncoder(jsonConfig()), sh, level)
+		l.z = zap.New(zapcore.NewTee(local, remote))
+	} else {
+		// JSON both ways: encode once, hand the same line to both (the
+		// shipper copies what it keeps).
+		l.z = zap.New(zapcore.NewCore(enc, zapcore.NewMultiWriteSyncer(ws, sh), level))
+	}
 	l.shipper = sh
 	l.close = func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), shipperFlush)
