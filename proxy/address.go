@@ -233,3 +233,11 @@ func validDomain(s string) bool {
 	}
 	return true
 }
+
+// senderRouted reports a local part that names another destination in
+// one of the old sender-routing notations: "%" (the percent hack), "!"
+// (UUCP bang paths) or "@" (inside quotes). Quotes and escapes do not
+// hide them.
+func senderRouted(local string) bool {
+	return strings.ContainsAny(local, "%!@")
+}

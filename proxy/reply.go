@@ -67,6 +67,7 @@ func (r *Reply) String() string {
 // Replies moat sends in more than one place.
 var (
 	replyRelayDenied   = reply(554, "5.7.1", "Relay access denied")
+	replyRoutedAddress = reply(554, "5.7.1", "Relay access denied: no address routing (%%, ! or @) in the local part")
 	replyTooBig        = reply(552, "5.3.4", "Message size exceeds fixed limit")
 	replyHeaderTooBig  = reply(552, "5.3.4", "Message header size exceeds limit")
 	replyTooManyRcpts  = reply(452, "4.5.3", "Too many recipients")

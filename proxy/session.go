@@ -487,6 +487,12 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 		// authenticated: outbound relay comes later.
 		return replyRelayDenied
 	}
+	if !route.Local() && !s.unfiltered() && senderRouted(addr.Local) {
+		// user%other@ours, other!user@ours, "user@other"@ours: the
+		// internal server trusts moat and may route on them, sending the
+		// mail on to other (Postfix's allow_untrusted_routing = no).
+		return replyRoutedAddress
+	}
 	dest := route.Upstream
 	if t.dest != "" && dest != t.dest {
 		return replyOtherDest

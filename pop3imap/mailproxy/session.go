@@ -105,13 +105,13 @@ func (c *session) serve() {
 	} else {
 		c.imap()
 	}
-	if c.bw.Flush() != nil || c.up == nil {
-		if c.up != nil {
-			c.up.conn.Close()
-		}
+	if c.up == nil {
+		c.bw.Flush()
 		return
 	}
-	if !c.srv.startSplice(c) {
+	// Spliced before the client hears it is logged in: from its OK on,
+	// Shutdown must treat the session as one with work in progress.
+	if !c.srv.startSplice(c) || c.bw.Flush() != nil {
 		c.up.conn.Close()
 		return
 	}
