@@ -137,7 +137,7 @@ func TestBuiltinDefaults(t *testing.T) {
 		{"smtp.upstream_pool.max_idle", s.UpstreamPool.MaxIdle, 32},
 		{"smtp.upstream_pool.idle_timeout", s.UpstreamPool.IdleTimeout.D(), 60 * time.Second},
 		{"smtp.upstream_pool.max_age", s.UpstreamPool.MaxAge.D(), 5 * time.Minute},
-		{"smtp.limits", s.Limits, Limits{ErrorsPerSession: 10}},
+		{"smtp.limits", s.Limits, Limits{Connections: 5000, ConnectionsPerIP: 20, ConnectionRatePerIP: "120/1m", ErrorsPerSession: 10}},
 		{"tls", c.TLS, TLS{}},
 		{"dns.servers", len(c.DNS.Servers), 0},
 		{"dns.timeout", c.DNS.Timeout.D(), 2 * time.Second},
@@ -358,10 +358,17 @@ func TestProblems(t *testing.T) {
 			`t.yaml:3:47: smtp.upstream_pool.idle_timeout: must be more than 0, got 0s`,
 			`t.yaml:3:60: smtp.upstream_pool.max_age: must be more than 0, got 0s`}},
 		{"limits", "hostname: mx.example.test\nsmtp:\n  limits: {connections: -1, connection_rate_per_ip: 120}\n", []string{
-			`t.yaml:3:12: warning: smtp.limits.connections: not implemented in this version; ignored`,
 			`t.yaml:3:25: smtp.limits.connections: must be 0 or more (0 turns the limit off), got -1`,
-			`t.yaml:3:29: warning: smtp.limits.connection_rate_per_ip: not implemented in this version; ignored`,
 			`t.yaml:3:53: smtp.limits.connection_rate_per_ip: want COUNT/DURATION such as 120/1m, got "120"`}},
+		{"limits per ip", "hostname: mx.example.test\nsmtp:\n  limits: {connections_per_ip: -2, connection_rate_per_ip: 10/0s}\n", []string{
+			`t.yaml:3:32: smtp.limits.connections_per_ip: must be 0 or more (0 turns the limit off), got -2`,
+			`t.yaml:3:60: smtp.limits.connection_rate_per_ip: want COUNT/DURATION such as 120/1m, got "10/0s"`}},
+		{"pregreet_wait", "hostname: mx.example.test\nsmtp:\n  limits: {pregreet_wait: 2m}\n", []string{
+			`t.yaml:3:27: smtp.limits.pregreet_wait: must be from 0s (off) to 1m, got 2m0s`}},
+		{"pregreet_wait negative", "hostname: mx.example.test\nsmtp:\n  limits: {pregreet_wait: -1s}\n", []string{
+			`t.yaml:3:27: smtp.limits.pregreet_wait: want a duration that is 0 or more, got "-1s"`}},
+		{"proxy_protocol without trusted_proxies", "hostname: mx.example.test\nsmtp:\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", []string{
+			`t.yaml:5:37: smtp.listeners[1].proxy_protocol: needs smtp.trusted_proxies: a PROXY header is taken only from them, so every connection would be refused`}},
 
 		// routes
 		{"route key not a domain", "hostname: mx.example.test\nroutes:\n  exa mple.com: {upstream: local}\n", []string{
@@ -448,10 +455,11 @@ func TestWarnings(t *testing.T) {
 		want []string
 	}{
 		{"nothing unimplemented", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: []\n  listeners: [{addr: \":25\", proxy_protocol: false}]\n", nil},
-		{"trusted_proxies", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: [192.0.2.0/24]\n", []string{
-			`t.yaml:3:3: warning: smtp.trusted_proxies: not implemented in this version; ignored`}},
-		{"proxy_protocol", "hostname: mx.example.test\nsmtp:\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", []string{
-			`t.yaml:5:21: warning: smtp.listeners[1].proxy_protocol: not implemented in this version; ignored`}},
+		{"trusted_proxies", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: [192.0.2.0/24]\n", nil},
+		{"proxy_protocol", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: [192.0.2.10/32]\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", nil},
+		{"limits", "hostname: mx.example.test\nsmtp:\n  limits: {connections: 10, connections_per_ip: 2, connection_rate_per_ip: 0, pregreet_wait: 6s}\n", nil},
+		{"trusted_proxies everyone", "hostname: mx.example.test\nsmtp: {trusted_proxies: [\"::/0\"]}\n", []string{
+			`t.yaml:2:26: warning: smtp.trusted_proxies[0]: ::/0 lets every client choose the address moat sees (PROXY header, XCLIENT)`}},
 		{"services", "hostname: mx.example.test\npop3: {upstream: local}\nimap: {upstream: local}\nadmin: {addr: \"127.0.0.1:9025\"}\nredis: {addr: \"127.0.0.1:6379\"}\nlog: {syslog: {addr: \"siem:6514\"}}\n", nil},
 		{"trusting everyone", "hostname: mx.example.test\nsmtp: {trusted_networks: [\"::/0\", 0.0.0.0/0]}\n", []string{
 			`t.yaml:2:27: warning: smtp.trusted_networks[0]: ::/0 trusts every client: moat relays for anyone (an open relay)`,

@@ -141,10 +141,22 @@ func builtin() *Config {
 			// temporary file in data_dir/spool.
 			SpoolMemory: 1 << 20,
 			BareNewline: "reject", // smtp.bare_newline: an SMTP smuggling guard
-			// smtp.limits.errors_per_session: bad commands before 421 and
-			// disconnect (Postfix's smtpd_hard_error_limit is 20; a
-			// legitimate client rarely errs twice).
-			Limits: Limits{ErrorsPerSession: 10},
+			Limits: Limits{
+				// smtp.limits.connections: open SMTP connections in all
+				// (a goroutine and two buffers each, ~40KiB).
+				Connections: 5000,
+				// smtp.limits.connections_per_ip: Postfix's anvil allows
+				// 50; a real MTA rarely needs more than a few at once.
+				ConnectionsPerIP: 20,
+				// smtp.limits.connection_rate_per_ip: new connections per
+				// client (IPv6: per /64) and period.
+				ConnectionRatePerIP: "120/1m",
+				// smtp.limits.errors_per_session: bad commands before 421
+				// and disconnect (Postfix's smtpd_hard_error_limit is 20;
+				// a legitimate client rarely errs twice).
+				ErrorsPerSession: 10,
+				// smtp.limits.pregreet_wait: off; postscreen waits 6s.
+			},
 			Timeouts: Timeouts{
 				Command:         yamlx.Duration(5 * time.Minute),  // smtp.timeouts.command
 				Data:            yamlx.Duration(10 * time.Minute), // smtp.timeouts.data
@@ -306,40 +318,27 @@ func (c *Config) Trusted(ip netip.Addr) bool {
 	return false
 }
 
+// TrustedProxy reports whether ip is in smtp.trusted_proxies: it may
+// send a PROXY header and use XCLIENT.
+func (c *Config) TrustedProxy(ip netip.Addr) bool {
+	ip = ip.Unmap().WithZone("")
+	for _, p := range c.SMTP.TrustedProxies {
+		if p.P().Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // notImplemented lists the keys SPEC.md defines that this build reads but
 // does not act on yet. When the file sets one, Validate warns
 // "KEY: not implemented in this version; ignored". Delete a row when its
 // feature lands.
+// None at present.
 var notImplemented = []struct {
 	path string                // "[]" stands for every element of a list
 	set  func(*yaml.Node) bool // whether the value asks for the feature
-}{
-	{"smtp.trusted_proxies", nonEmpty},
-	{"smtp.limits.connections", present},
-	{"smtp.limits.connections_per_ip", present},
-	{"smtp.limits.connection_rate_per_ip", present},
-	{"smtp.limits.pregreet_wait", present},
-	{"smtp.listeners[].proxy_protocol", isTrue},
-}
-
-func present(*yaml.Node) bool { return true }
-
-func nonEmpty(n *yaml.Node) bool {
-	n = deref(n)
-	return !(n.Kind == yaml.ScalarNode && n.Tag == "!!null") && !(n.Kind == yaml.SequenceNode && len(n.Content) == 0)
-}
-
-func isTrue(n *yaml.Node) bool {
-	n = deref(n)
-	if n.Kind != yaml.ScalarNode {
-		return false
-	}
-	switch strings.ToLower(n.Value) {
-	case "true", "yes", "on":
-		return true
-	}
-	return false
-}
+}{}
 
 // Validate checks c against the rules of SPEC.md and returns every problem
 // found, sorted by position, with warnings for keys this build ignores.
@@ -624,6 +623,16 @@ func (v *validator) smtp(s *SMTP, used map[string]string) {
 			v.warnf(fmt.Sprintf("smtp.trusted_networks[%d]", i), "%s trusts every client: moat relays for anyone (an open relay)", p)
 		}
 	}
+	for i, p := range s.TrustedProxies {
+		if p.P().IsValid() && p.P().Bits() == 0 {
+			v.warnf(fmt.Sprintf("smtp.trusted_proxies[%d]", i), "%s lets every client choose the address moat sees (PROXY header, XCLIENT)", p)
+		}
+	}
+	for i, l := range s.Listeners {
+		if l.ProxyProtocol && len(s.TrustedProxies) == 0 {
+			v.errorf(fmt.Sprintf("smtp.listeners[%d].proxy_protocol", i), "needs smtp.trusted_proxies: a PROXY header is taken only from them, so every connection would be refused")
+		}
+	}
 
 	if s.MaxMessageSize <= 0 || s.MaxMessageSize > 2<<30 {
 		v.errorf("smtp.max_message_size", "must be more than 0 and at most 2GiB, got %s", s.MaxMessageSize)
@@ -669,6 +678,11 @@ func (v *validator) smtp(s *SMTP, used map[string]string) {
 	}
 	if r := s.Limits.ConnectionRatePerIP; r != "" && r != "0" && !validRate(r) {
 		v.errorf("smtp.limits.connection_rate_per_ip", "want COUNT/DURATION such as 120/1m, got %q", r)
+	}
+	// A client gives up on a greeting after 5 minutes (RFC 5321 section
+	// 4.5.3.2); postscreen's greet_wait is 6s.
+	if w := s.Limits.PregreetWait; w < 0 || w.D() > time.Minute {
+		v.errorf("smtp.limits.pregreet_wait", "must be from 0s (off) to 1m, got %s", w)
 	}
 }
 

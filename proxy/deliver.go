@@ -18,7 +18,10 @@ import (
 	"moat/store/quarantine"
 )
 
-// replyNoStorage is the reply when the quarantine cannot keep a message.
+// replyNoStorage is the reply when data_dir cannot keep a message (the
+// store, the spool, the quarantine), whatever the cause (a full or
+// read-only disk, a broken folder): 452 4.3.1 (RFC 3463: mail system
+// full). The client retries and nothing was kept; the cause is logged.
 var replyNoStorage = reply(452, "4.3.1", "Insufficient system storage")
 
 // finish decides and delivers a fully received message and returns the
@@ -64,7 +67,7 @@ func (s *session) decideAndDeliver(ctx context.Context, t *txn, sp *spool, c *co
 	}
 	if c.ioErr != nil {
 		s.srv.log.Error("smtp.spool_error", sessionFields(s, c.ioErr.Error())...)
-		return replyLocalFailed
+		return replyNoStorage
 	}
 	metrics.MessageSize.Observe(float64(c.size))
 	action := policies.Accept
@@ -287,7 +290,7 @@ func (s *session) deliverLocal(t *txn, body func() io.Reader, ev *txnEvent) *Rep
 				mb.Remove(p)
 			}
 			s.srv.log.Error("smtp.local_delivery_error", sessionFields(s, err.Error())...)
-			return replyLocalFailed
+			return replyNoStorage
 		}
 		done = append(done, path)
 	}

@@ -94,7 +94,7 @@ func (srv *Server) logConnection(s *session) {
 	if s.reason == "quit" {
 		outcome = "success"
 	}
-	srv.log.Event("smtp.connection",
+	fs := []zap.Field{
 		zap.String("event.outcome", outcome),
 		zap.Int64("event.duration", int64(time.Since(s.start))),
 		zap.String("moat.session_id", s.id),
@@ -109,7 +109,12 @@ func (srv *Server) logConnection(s *session) {
 		zap.Int("moat.accepted", s.accepted),
 		zap.Int("moat.errors", s.errs),
 		zap.String("moat.reason", s.reason),
-	)
+	}
+	if s.proxy.IsValid() {
+		// The PROXY header or XCLIENT named the client; this is who sent it.
+		fs = append(fs, zap.String("moat.proxy_ip", s.proxy.Addr().Unmap().String()))
+	}
+	srv.log.Event("smtp.connection", fs...)
 }
 
 // sessionFields are the fields of a session-level event (warnings, errors).

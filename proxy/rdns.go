@@ -19,20 +19,22 @@ type rdns struct {
 }
 
 func (s *session) lookupRDNS(ctx context.Context) {
-	s.rdns = &rdns{done: make(chan struct{})}
+	// rd, not s.rdns, in the goroutine: XCLIENT may replace s.rdns.
+	rd := &rdns{done: make(chan struct{})}
+	s.rdns = rd
 	r := s.rt.DNS
 	ip := s.remote.Addr().Unmap()
 	// A loopback client has no name worth a query.
 	if r == nil || ip.IsLoopback() {
-		close(s.rdns.done)
+		close(rd.done)
 		return
 	}
 	timeout := 2*s.cfg().DNS.Timeout.D() + time.Second
 	go func() {
-		defer close(s.rdns.done)
+		defer close(rd.done)
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		s.rdns.name = confirmedName(ctx, r, ip)
+		rd.name = confirmedName(ctx, r, ip)
 	}()
 }
 

@@ -66,7 +66,7 @@ func (srv *Server) Deliver(ctx context.Context, from string, rcpts []string, ope
 				for _, p := range done {
 					mb.Remove(p)
 				}
-				return replyLocalFailed, nil
+				return replyNoStorage, nil
 			}
 			done = append(done, path)
 		}

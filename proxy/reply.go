@@ -74,7 +74,6 @@ var (
 	replyBareNewline   = reply(550, "5.6.0", "Message contains bare CR or bare LF; use CRLF line endings")
 	replyNUL           = reply(550, "5.6.0", "Message contains NUL bytes")
 	replyUpstreamDown  = reply(451, "4.4.1", "Upstream unavailable, try again later")
-	replyLocalFailed   = reply(451, "4.3.0", "Local delivery failed, try again later")
 	replyNeedUTF8      = reply(553, "5.6.7", "Internationalised address requires SMTPUTF8")
 	replyUpstreamNoUTF = reply(553, "5.6.7", "Internationalised address not supported by the next hop")
 	replyShutdown      = reply(421, "4.3.2", "Service shutting down, try again later")

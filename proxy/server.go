@@ -70,6 +70,7 @@ type Server struct {
 	shutting  atomic.Bool
 
 	greylisters sync.Map // greylisterKey → *greylist.Greylister
+	limits      *connLimiter
 }
 
 type listener struct {
@@ -90,6 +91,7 @@ func New(rt *Runtime, log *audit.Logger) (*Server, error) {
 		log:      log,
 		spoolDir: spoolDir,
 		sessions: map[*session]struct{}{},
+		limits:   newConnLimiter(time.Now),
 		pool:     newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
 	}
 	s.rt.Store(rt)

@@ -41,19 +41,23 @@ type session struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 
-	id       string
-	start    time.Time
-	remote   netip.AddrPort
-	trusted  bool
-	tlsState *tls.ConnectionState
-	helo     string
-	esmtp    bool
-	user     string
-	ntx      int // transactions begun
-	accepted int // transactions whose message was taken (2xx at end of data)
-	errs     int // error replies to bad commands
-	quit     bool
-	reason   string // why the session ended, for the smtp.connection event and metrics: see end
+	id      string
+	start   time.Time
+	remote  netip.AddrPort // the client: the TCP peer, or whom the PROXY header or XCLIENT names
+	proxy   netip.AddrPort // the TCP peer when a PROXY header named another client
+	trusted bool
+	// xclientOK: the client is in smtp.trusted_proxies and may send XCLIENT.
+	xclientOK bool
+	admitted  netip.Addr // the address the connection limits counted in; close counts it out
+	tlsState  *tls.ConnectionState
+	helo      string
+	esmtp     bool
+	user      string
+	ntx       int // transactions begun
+	accepted  int // transactions whose message was taken (2xx at end of data)
+	errs      int // error replies to bad commands
+	quit      bool
+	reason    string // why the session ended, for the smtp.connection event and metrics: see end
 
 	rdns *rdns // the client's confirmed reverse DNS name, looked up at connect
 
@@ -104,6 +108,9 @@ func (s *session) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the session's background lookups
 	defer s.close()
+	if !s.connect() {
+		return
+	}
 	s.lookupRDNS(ctx)
 	s.prefetch(ctx, "")
 	if s.l.conf.ImplicitTLS {
@@ -111,6 +118,8 @@ func (s *session) serve(ctx context.Context) {
 			s.end("tls_error")
 			return
 		}
+	} else if !s.pregreet() {
+		return
 	}
 	s.send(reply(220, "", "%s ESMTP moat", s.cfg().Hostname))
 	s.flush()
@@ -271,6 +280,8 @@ func (s *session) handle(ctx context.Context, line string) {
 		s.bad(reply(502, "5.5.1", "%s not implemented", verb))
 	case "AUTH":
 		s.cmdAuth(ctx, arg)
+	case "XCLIENT":
+		s.cmdXclient(ctx, arg)
 	case "CONNECT", "GET", "POST", "HEAD", "PUT":
 		// Somebody speaks HTTP to the SMTP port (a proxy abuse probe).
 		s.send(reply(421, "4.7.0", "Not an HTTP server, closing connection"))
@@ -307,6 +318,9 @@ func (s *session) cmdHelo(verb, arg string) {
 	}
 	if s.authOffered() {
 		lines = append(lines, "AUTH PLAIN LOGIN")
+	}
+	if s.xclientOK {
+		lines = append(lines, xclientCapability)
 	}
 	s.send(&Reply{Code: 250, Text: strings.Join(lines, "\n")})
 }
@@ -348,7 +362,15 @@ func (s *session) cmdStartTLS(arg string) {
 
 // handshake runs the server side of TLS over the raw connection.
 func (s *session) handshake() bool {
-	tc := tls.Server(s.raw, s.srv.tlsConfig)
+	var under net.Conn = s.raw
+	if n := s.br.Buffered(); n > 0 && s.proxy.IsValid() && s.tlsState == nil && s.l.conf.ImplicitTLS {
+		// The ClientHello came in the segment of the PROXY header and is
+		// in the reader already: the handshake reads it from there.
+		b, _ := s.br.Peek(n)
+		under = &prefixConn{Conn: s.raw, prefix: append([]byte(nil), b...)}
+		s.br.Discard(n)
+	}
+	tc := tls.Server(under, s.srv.tlsConfig)
 	tc.SetDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
 	if err := tc.Handshake(); err != nil {
 		s.srv.log.Debug("smtp.tls_failed", sessionFields(s, err.Error())...)
@@ -869,8 +891,10 @@ func (d *deadlineConn) Read(p []byte) (int, error) {
 // of the smtp.connection event's moat.reason and, but for "http" (counted
 // as refused), the outcome label of moat_smtp_connections_total: quit,
 // timeout, error_limit, client_error (reset, EOF, write failure),
-// tls_error, protocol_error, http, shutdown. The first reason given
-// stands.
+// tls_error, protocol_error, http, shutdown; and, counted as refused,
+// limit (smtp.limits), pregreet (talked before the greeting),
+// proxy_untrusted (no PROXY header allowed from there) and proxy_error
+// (a trusted proxy sent no valid header). The first reason given stands.
 func (s *session) end(reason string) {
 	if reason == "client_error" && s.srv.shutting.Load() {
 		reason = "shutdown" // most likely Shutdown's deadline closed the connection
@@ -888,8 +912,12 @@ func (s *session) close() {
 	if s.reason == "" {
 		s.reason = "client_error"
 	}
+	if s.admitted.IsValid() {
+		s.srv.limits.release(s.admitted)
+	}
 	outcome := s.reason
-	if outcome == "http" {
+	switch outcome {
+	case "http", "limit", "pregreet", "proxy_untrusted", "proxy_error":
 		outcome = "refused"
 	}
 	s.l.m.Closed(outcome)

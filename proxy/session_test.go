@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"moat/audit"
 	"moat/config"
@@ -42,6 +45,19 @@ func startServer(t *testing.T, cfgYAML, policyYAML string) *testServer {
 
 func startServerTB(t testing.TB, cfgYAML, policyYAML string) *testServer {
 	t.Helper()
+	return startServerLog(t, cfgYAML, policyYAML, audit.Discard())
+}
+
+// startObserved is startServer with a logger that records events, set
+// before the first connection (withObserver swaps it in later, racily).
+func startObserved(t *testing.T, cfgYAML, policyYAML string) (*testServer, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	return startServerLog(t, cfgYAML, policyYAML, audit.NewZap(zap.New(core))), logs
+}
+
+func startServerLog(t testing.TB, cfgYAML, policyYAML string, log *audit.Logger) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	pol := ""
 	if policyYAML != "" {
@@ -60,6 +76,11 @@ func startServerTB(t testing.TB, cfgYAML, policyYAML string) *testServer {
 		t.Fatalf("config: %v", errs)
 	}
 	cfg.SMTP.Listeners[0].Addr = "127.0.0.1:0" // port 1 above only passes validation
+	if !strings.Contains(cfgYAML, "limits:") {
+		// Tests dial from 127.0.0.1 again and again: the per-client limits
+		// stay on (their cost is measured) but far from reach.
+		cfg.SMTP.Limits.ConnectionsPerIP, cfg.SMTP.Limits.ConnectionRatePerIP = 100000, "1000000/1s"
+	}
 	set, perrs := policies.Load(cfg.Policies)
 	if perrs.Err() != nil {
 		t.Fatalf("policies: %v", perrs)
@@ -68,7 +89,7 @@ func startServerTB(t testing.TB, cfgYAML, policyYAML string) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(&Runtime{Cfg: cfg, Policies: set, Cert: cert}, audit.Discard())
+	srv, err := New(&Runtime{Cfg: cfg, Policies: set, Cert: cert}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

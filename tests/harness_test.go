@@ -93,6 +93,10 @@ func (c Config) document(dir string, p ports) ([]byte, error) {
 		"listeners":        []map[string]any{{"addr": p.smtp, "mode": "mx"}},
 		"trusted_networks": trusted,
 		"timeouts":         timeouts,
+		// Every test client is 127.0.0.1 and not trusted: the per-IP
+		// limits (SPEC defaults 20 and 120/1m) would throttle the suite.
+		// Tests of the limits set them through Extra.
+		"limits": map[string]any{"connections_per_ip": 0, "connection_rate_per_ip": "0"},
 	}
 	if c.MaxMessageSize > 0 {
 		smtp["max_message_size"] = c.MaxMessageSize
