@@ -80,6 +80,24 @@ type Limits struct {
 	ConnectionRatePerIP string         `yaml:"connection_rate_per_ip"`
 	ErrorsPerSession    int            `yaml:"errors_per_session"`
 	PregreetWait        yamlx.Duration `yaml:"pregreet_wait"`
+
+	// Rates of accepted mail, COUNT/DURATION like connection_rate_per_ip;
+	// "" or "0" is no limit. A network is an IPv4 /24 or an IPv6 /64.
+	MessagesPerNetwork   string `yaml:"messages_per_network"`
+	RecipientsPerNetwork string `yaml:"recipients_per_network"`
+	MessagesPerSender    string `yaml:"messages_per_sender"`
+
+	Tarpit Tarpit `yaml:"tarpit"`
+}
+
+// Tarpit slows every reply to the clients it names (Postfix's
+// smtpd_error_sleep_time, postscreen's tarpit); a zero Delay is off.
+type Tarpit struct {
+	Delay    yamlx.Duration `yaml:"delay"`
+	Networks []yamlx.Prefix `yaml:"networks"`
+	// DNSBLScore: tarpit clients whose DNSBL score reaches it; 0 is off.
+	// Not implemented yet: Validate warns when it is set.
+	DNSBLScore float64 `yaml:"dnsbl_score"`
 }
 
 // UpstreamPool bounds the idle upstream SMTP connections kept for reuse.

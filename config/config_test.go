@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -137,7 +138,7 @@ func TestBuiltinDefaults(t *testing.T) {
 		{"smtp.upstream_pool.max_idle", s.UpstreamPool.MaxIdle, 32},
 		{"smtp.upstream_pool.idle_timeout", s.UpstreamPool.IdleTimeout.D(), 60 * time.Second},
 		{"smtp.upstream_pool.max_age", s.UpstreamPool.MaxAge.D(), 5 * time.Minute},
-		{"smtp.limits", s.Limits, Limits{Connections: 5000, ConnectionsPerIP: 20, ConnectionRatePerIP: "120/1m", ErrorsPerSession: 10}},
+		{"smtp.limits", fmt.Sprintf("%+v", s.Limits), fmt.Sprintf("%+v", Limits{Connections: 5000, ConnectionsPerIP: 20, ConnectionRatePerIP: "120/1m", ErrorsPerSession: 10})},
 		{"tls", c.TLS, TLS{}},
 		{"dns.servers", len(c.DNS.Servers), 0},
 		{"dns.timeout", c.DNS.Timeout.D(), 2 * time.Second},
@@ -363,6 +364,15 @@ func TestProblems(t *testing.T) {
 		{"limits per ip", "hostname: mx.example.test\nsmtp:\n  limits: {connections_per_ip: -2, connection_rate_per_ip: 10/0s}\n", []string{
 			`t.yaml:3:32: smtp.limits.connections_per_ip: must be 0 or more (0 turns the limit off), got -2`,
 			`t.yaml:3:60: smtp.limits.connection_rate_per_ip: want COUNT/DURATION such as 120/1m, got "10/0s"`}},
+		{"mail rates", "hostname: mx.example.test\nsmtp:\n  limits: {messages_per_network: 10, recipients_per_network: x/1m, messages_per_sender: 5/0s}\n", []string{
+			`t.yaml:3:34: smtp.limits.messages_per_network: want COUNT/DURATION such as 1000/1h, got "10"`,
+			`t.yaml:3:62: smtp.limits.recipients_per_network: want COUNT/DURATION such as 5000/1h, got "x/1m"`,
+			`t.yaml:3:89: smtp.limits.messages_per_sender: want COUNT/DURATION such as 500/1h, got "5/0s"`}},
+		{"tarpit", "hostname: mx.example.test\nsmtp:\n  limits: {tarpit: {delay: 2m, dnsbl_score: -1, networks: [192.0.2.0/24]}}\n", []string{
+			`t.yaml:3:28: smtp.limits.tarpit.delay: must be from 0s (off) to 1m, got 2m0s`,
+			`t.yaml:3:45: smtp.limits.tarpit.dnsbl_score: must be 0 or more (0 turns it off), got -1`}},
+		{"tarpit network", "hostname: mx.example.test\nsmtp:\n  limits: {tarpit: {delay: 1s, networks: [192.0.2.300/24]}}\n", []string{
+			`t.yaml:3:43: smtp.limits.tarpit.networks[0]: want a network such as 192.0.2.0/24 or 2001:db8::/32, got "192.0.2.300/24"`}},
 		{"pregreet_wait", "hostname: mx.example.test\nsmtp:\n  limits: {pregreet_wait: 2m}\n", []string{
 			`t.yaml:3:27: smtp.limits.pregreet_wait: must be from 0s (off) to 1m, got 2m0s`}},
 		{"pregreet_wait negative", "hostname: mx.example.test\nsmtp:\n  limits: {pregreet_wait: -1s}\n", []string{
@@ -458,6 +468,10 @@ func TestWarnings(t *testing.T) {
 		{"trusted_proxies", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: [192.0.2.0/24]\n", nil},
 		{"proxy_protocol", "hostname: mx.example.test\nsmtp:\n  trusted_proxies: [192.0.2.10/32]\n  listeners:\n    - {addr: \":25\"}\n    - {addr: \":26\", proxy_protocol: true}\n", nil},
 		{"limits", "hostname: mx.example.test\nsmtp:\n  limits: {connections: 10, connections_per_ip: 2, connection_rate_per_ip: 0, pregreet_wait: 6s}\n", nil},
+		{"mail rates and tarpit", "hostname: mx.example.test\nsmtp:\n  limits: {messages_per_network: 1000/1h, recipients_per_network: 0, messages_per_sender: \"\", tarpit: {delay: 5s, networks: [192.0.2.0/24, \"2001:db8::/32\"]}}\n", nil},
+		{"tarpit unimplemented and idle", "hostname: mx.example.test\nsmtp:\n  limits: {tarpit: {dnsbl_score: 5, networks: [192.0.2.0/24]}}\n", []string{
+			`t.yaml:3:34: warning: smtp.limits.tarpit.dnsbl_score: not implemented yet: only smtp.limits.tarpit.networks are tarpitted`,
+			`t.yaml:3:47: warning: smtp.limits.tarpit.networks: has no effect while smtp.limits.tarpit.delay is 0s`}},
 		{"trusted_proxies everyone", "hostname: mx.example.test\nsmtp: {trusted_proxies: [\"::/0\"]}\n", []string{
 			`t.yaml:2:26: warning: smtp.trusted_proxies[0]: ::/0 lets every client choose the address moat sees (PROXY header, XCLIENT)`}},
 		{"services", "hostname: mx.example.test\npop3: {upstream: local}\nimap: {upstream: local}\nadmin: {addr: \"127.0.0.1:9025\"}\nredis: {addr: \"127.0.0.1:6379\"}\nlog: {syslog: {addr: \"siem:6514\"}}\n", nil},

@@ -676,8 +676,29 @@ func (v *validator) smtp(s *SMTP, used map[string]string) {
 			v.errorf("smtp.limits."+lim.key, "must be 0 or more (0 turns the limit off), got %d", lim.n)
 		}
 	}
-	if r := s.Limits.ConnectionRatePerIP; r != "" && r != "0" && !validRate(r) {
-		v.errorf("smtp.limits.connection_rate_per_ip", "want COUNT/DURATION such as 120/1m, got %q", r)
+	for _, lim := range []struct{ key, rate, example string }{
+		{"connection_rate_per_ip", s.Limits.ConnectionRatePerIP, "120/1m"},
+		{"messages_per_network", s.Limits.MessagesPerNetwork, "1000/1h"},
+		{"recipients_per_network", s.Limits.RecipientsPerNetwork, "5000/1h"},
+		{"messages_per_sender", s.Limits.MessagesPerSender, "500/1h"},
+	} {
+		if r := lim.rate; r != "" && r != "0" && !validRate(r) {
+			v.errorf("smtp.limits."+lim.key, "want COUNT/DURATION such as %s, got %q", lim.example, r)
+		}
+	}
+	// A tarpit delay is spent on every reply; more than a minute is
+	// a hang, and the command timeout bounds it anyway.
+	tp := s.Limits.Tarpit
+	if w := tp.Delay; w < 0 || w.D() > time.Minute {
+		v.errorf("smtp.limits.tarpit.delay", "must be from 0s (off) to 1m, got %s", w)
+	}
+	if tp.DNSBLScore < 0 {
+		v.errorf("smtp.limits.tarpit.dnsbl_score", "must be 0 or more (0 turns it off), got %g", tp.DNSBLScore)
+	} else if tp.DNSBLScore > 0 {
+		v.warnf("smtp.limits.tarpit.dnsbl_score", "not implemented yet: only smtp.limits.tarpit.networks are tarpitted")
+	}
+	if tp.Delay == 0 && len(tp.Networks) > 0 {
+		v.warnf("smtp.limits.tarpit.networks", "has no effect while smtp.limits.tarpit.delay is 0s")
 	}
 	// A client gives up on a greeting after 5 minutes (RFC 5321 section
 	// 4.5.3.2); postscreen's greet_wait is 6s.

@@ -37,6 +37,7 @@ func (s *session) connect() bool {
 		return false
 	}
 	s.admitted = ip
+	s.tarpit = tarpitDelay(s.cfg(), ip, s.trusted)
 	return true
 }
 

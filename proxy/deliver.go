@@ -43,6 +43,9 @@ func (s *session) finish(ctx context.Context, t *txn, sp *spool, c *content) *Re
 	if r.Positive() {
 		ev.outcome = "success"
 		s.accepted++
+		if !s.unfiltered() {
+			s.srv.mailLimits.countMessage(ctx, s.rt.Redis, s.remote.Addr(), t.from.String(), &s.cfg().SMTP.Limits)
+		}
 	} else {
 		ev.outcome = "failure"
 		if ev.action == "accept" || ev.action == "tag" {

@@ -78,6 +78,9 @@ func (ev *txnEvent) fields() []zap.Field {
 	if ev.reason != "" {
 		fs = append(fs, zap.String("moat.reason", ev.reason))
 	}
+	if s.tarpit > 0 {
+		fs = append(fs, zap.Bool("moat.tarpit", true))
+	}
 	return fs
 }
 
@@ -113,6 +116,9 @@ func (srv *Server) logConnection(s *session) {
 	if s.proxy.IsValid() {
 		// The PROXY header or XCLIENT named the client; this is who sent it.
 		fs = append(fs, zap.String("moat.proxy_ip", s.proxy.Addr().Unmap().String()))
+	}
+	if s.tarpit > 0 {
+		fs = append(fs, zap.Bool("moat.tarpit", true))
 	}
 	srv.log.Event("smtp.connection", fs...)
 }

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"moat/audit"
@@ -53,6 +54,11 @@ type Runtime struct {
 	// store over Cfg.DataDir is opened per delivery (IMAP sessions then
 	// learn of new mail at their next rescan, within 30 s, not at once).
 	Mailboxes *mailbox.Store
+	// Redis, when set (redis.addr), keeps the smtp.limits mail rates
+	// (messages and recipients per network, messages per sender) that
+	// every moat using it enforces together; nil: each process counts
+	// in its own memory.
+	Redis redis.UniversalClient
 }
 
 // Server runs the SMTP listeners of one moat.
@@ -71,6 +77,8 @@ type Server struct {
 
 	greylisters sync.Map // greylisterKey → *greylist.Greylister
 	limits      *connLimiter
+	mailLimits  *mailLimiter
+	sleep       func(time.Duration) // the tarpit's wait; replaced by tests
 }
 
 type listener struct {
@@ -88,11 +96,13 @@ func New(rt *Runtime, log *audit.Logger) (*Server, error) {
 		return nil, fmt.Errorf("smtp: spool directory: %w", err)
 	}
 	s := &Server{
-		log:      log,
-		spoolDir: spoolDir,
-		sessions: map[*session]struct{}{},
-		limits:   newConnLimiter(time.Now),
-		pool:     newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
+		log:        log,
+		spoolDir:   spoolDir,
+		sessions:   map[*session]struct{}{},
+		limits:     newConnLimiter(time.Now),
+		mailLimits: newMailLimiter(time.Now, log),
+		sleep:      time.Sleep,
+		pool:       newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
 	}
 	s.rt.Store(rt)
 	expectMetrics(rt)

@@ -49,15 +49,17 @@ type session struct {
 	// xclientOK: the client is in smtp.trusted_proxies and may send XCLIENT.
 	xclientOK bool
 	admitted  netip.Addr // the address the connection limits counted in; close counts it out
-	tlsState  *tls.ConnectionState
-	helo      string
-	esmtp     bool
-	user      string
-	ntx       int // transactions begun
-	accepted  int // transactions whose message was taken (2xx at end of data)
-	errs      int // error replies to bad commands
-	quit      bool
-	reason    string // why the session ended, for the smtp.connection event and metrics: see end
+	// tarpit: every reply waits this long (smtp.limits.tarpit); 0: none.
+	tarpit   time.Duration
+	tlsState *tls.ConnectionState
+	helo     string
+	esmtp    bool
+	user     string
+	ntx      int // transactions begun
+	accepted int // transactions whose message was taken (2xx at end of data)
+	errs     int // error replies to bad commands
+	quit     bool
+	reason   string // why the session ended, for the smtp.connection event and metrics: see end
 
 	rdns *rdns // the client's confirmed reverse DNS name, looked up at connect
 
@@ -87,6 +89,7 @@ type txn struct {
 	up           *upstreamConn      // open during RCPT when the route verifies recipients
 	bdat         *bdatState
 	last         *Reply // the last refusal, for the event of a transaction that never got a recipient
+	limited      string // the rate limit that refused a recipient, for the event's moat.reason
 }
 
 type refusal struct {
@@ -224,6 +227,9 @@ func (s *session) readLine() (string, error) {
 // flushed when the client has sent nothing more, so pipelined commands
 // (RFC 2920) get their replies in one write.
 func (s *session) send(r *Reply) {
+	if s.tarpit > 0 && s.user == "" {
+		s.srv.sleep(s.tarpit)
+	}
 	s.conn.SetWriteDeadline(time.Now().Add(s.cfg().SMTP.Timeouts.Command.D()))
 	s.bw.WriteString(r.Wire())
 }
@@ -455,6 +461,15 @@ func (s *session) cmdMail(ctx context.Context, arg string) {
 	}
 	s.ntx++
 	t.n = s.ntx
+	if !s.unfiltered() {
+		if r, why := s.srv.mailLimits.checkMail(ctx, s.rt.Redis, s.remote.Addr(), from.String(), &s.cfg().SMTP.Limits); r != nil {
+			ev := s.newEvent(t)
+			ev.outcome, ev.action, ev.reply, ev.reason = "failure", actionOf(r), r.String(), why
+			s.srv.logTransaction(ev)
+			s.send(r)
+			return
+		}
+	}
 	s.tx = t
 	s.prefetch(ctx, from.String()) // lists of HELO names and sender domains
 	s.send(reply(250, "2.1.0", "Ok"))
@@ -498,6 +513,12 @@ func (s *session) cmdRcpt(ctx context.Context, arg string) {
 func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	if len(t.rcpts) >= s.cfg().SMTP.MaxRecipients {
 		return replyTooManyRcpts
+	}
+	if !s.unfiltered() {
+		if r := s.srv.mailLimits.checkRcpt(ctx, s.rt.Redis, s.remote.Addr(), &s.cfg().SMTP.Limits); r != nil {
+			t.limited = "rate_limit: recipients_per_network"
+			return r
+		}
 	}
 	if addr.NonASCII && !t.utf8 {
 		return replyNeedUTF8
@@ -568,6 +589,9 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	}
 	t.dest, t.route, t.policy = dest, route, pol
 	t.rcpts = append(t.rcpts, addr)
+	if !s.unfiltered() {
+		s.srv.mailLimits.countRcpt(ctx, s.rt.Redis, s.remote.Addr(), &s.cfg().SMTP.Limits)
+	}
 	return reply(250, "2.1.5", "Ok")
 }
 
@@ -949,6 +973,9 @@ func (s *session) abortTx(why string) {
 		if d := t.refusedBy; d != nil {
 			ev.checks, ev.score, ev.policy = d.Checks, d.Score, d.Policy
 			why = d.Reason
+		}
+		if t.last == replyRecipientRate {
+			why = t.limited
 		}
 	} else {
 		if t.policy != nil && len(t.results) > 0 {

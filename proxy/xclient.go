@@ -191,6 +191,7 @@ func (s *session) cmdXclient(ctx context.Context, arg string) {
 		}
 		s.remote = netip.AddrPortFrom(ip, port)
 		s.trusted = s.cfg().Trusted(ip)
+		s.tarpit = tarpitDelay(s.cfg(), ip, s.trusted)
 	}
 	switch {
 	case x.name != nil:

@@ -56,7 +56,8 @@ func authSettings(c *config.Config) auth.Settings {
 // newAuth builds the process's login authority: failure counters shared
 // through Redis when redis.addr is set (a cluster of gateways locks out
 // together; while Redis is unreachable each node counts on its own), else
-// in memory. The client is closed by the caller.
+// in memory. The Redis client (nil without redis.addr) is the caller's to
+// share (the SMTP rate limits use it too) and close.
 func newAuth(rt *proxy.Runtime, log *audit.Logger) (*auth.Service, *redis.Client) {
 	cfg := rt.Cfg
 	if cfg.Redis.Addr == "" {

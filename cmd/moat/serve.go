@@ -121,9 +121,11 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	}
 	redis.SetLogger(redisLog{log})
 	rt.Users = users.Open(usersPath(cfg))
-	authSvc, authRedis := newAuth(rt, log)
-	if authRedis != nil {
-		defer authRedis.Close()
+	authSvc, rdb := newAuth(rt, log)
+	if rdb != nil {
+		defer rdb.Close()
+		// The same client shares the SMTP rate limits across gateways.
+		rt.Redis = rdb
 	}
 	rt.Auth = authSvc
 	rt.Mailboxes = mailbox.Open(cfg.DataDir)
@@ -295,6 +297,7 @@ func reload(srv *proxy.Server, mail *mailServices, path string, log *audit.Logge
 	rt.Quarantine = srv.Runtime().Quarantine
 	rt.Users = srv.Runtime().Users
 	rt.Mailboxes = srv.Runtime().Mailboxes
+	rt.Redis = srv.Runtime().Redis
 	// One login authority for the process: its failure counters outlive
 	// reloads; only the settings change.
 	rt.Auth = srv.Runtime().Auth
