@@ -508,6 +508,10 @@ func (s *session) cmdRcpt(ctx context.Context, arg string) {
 	s.send(r)
 }
 
+// postmasterRoute takes mail for the gateway's own postmaster when its
+// hostname is not a routed domain.
+var postmasterRoute = &config.Route{Upstream: "local"}
+
 // acceptRcpt decides one recipient: relay control, routing, policy,
 // then (when the route asks) the upstream's own verdict.
 func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
@@ -525,6 +529,13 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	}
 	domain := addr.ASCIIDomain()
 	route, ok := s.cfg().Route(domain)
+	if !ok && strings.EqualFold(addr.Local, "postmaster") && strings.EqualFold(domain, s.cfg().Hostname) {
+		// RFC 5321 section 4.5.1: the postmaster must be reachable, also
+		// as the bare <postmaster>. When the gateway's own name is not
+		// routed, its postmaster's mail goes to the built-in store (read
+		// it with a store user postmaster@HOSTNAME).
+		route, ok = postmasterRoute, true
+	}
 	if !ok {
 		// Relaying to the internet is not a feature yet, trusted or
 		// authenticated: outbound relay comes later.

@@ -168,8 +168,10 @@ var relayCases = []relayCase{
 	// Empty and odd paths.
 	{name: "null path is a syntax error", arg: "<>", want: relayBadRcpt},
 	// RFC 5321 section 4.5.1: <postmaster> is moat's own postmaster,
-	// user@hostname; mx.test is not routed here, so it is refused.
-	{name: "bare postmaster is not relayed", arg: "<postmaster>", want: relayDenied},
+	// postmaster@hostname; mx.test is not routed here, so that mail goes
+	// to the built-in store (and nothing else of the hostname does).
+	{name: "bare postmaster goes to the store as the gateway's postmaster", arg: "<postmaster>", want: relayRcptOK, folder: Hostname + "/postmaster"},
+	{name: "the gateway's postmaster goes to the store", arg: "<POSTMASTER@" + Hostname + ">", want: relayRcptOK, folder: Hostname + "/postmaster"},
 	{name: "postmaster of a routed domain is accepted", arg: "<Postmaster@ourdomain.test>", want: relayRcptOK, upstream: "Postmaster@ourdomain.test"},
 	{name: "postmaster of an unrouted domain is denied", arg: "<postmaster@other.test>", want: relayDenied},
 	{name: "no angle brackets is a syntax error", arg: "user@other.test", want: relayBadRcpt},
@@ -490,6 +492,17 @@ func relayCheckStore(t *testing.T, m *Moat) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
+		if e.Name() == Hostname {
+			// The gateway's own postmaster (RFC 5321 section 4.5.1), and
+			// nobody else under the hostname.
+			names, _ := os.ReadDir(filepath.Join(m.DataDir, "mail", Hostname))
+			for _, n := range names {
+				if n.Name() != "postmaster" {
+					t.Errorf("the store has %s/%s: only the postmaster is taken for the hostname", Hostname, n.Name())
+				}
+			}
+			continue
+		}
 		if !slices.Contains(relayLocalDomains, e.Name()) {
 			t.Errorf("the store has %q under mail/, which is not a routed local domain", e.Name())
 		}
