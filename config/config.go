@@ -255,4 +255,7 @@ var Facilities = map[string]int{
 // Addr: none.
 type Admin struct {
 	Addr string `yaml:"addr"`
+	// Pprof serves Go's profiler under /debug/pprof/ (for performance
+	// work; it exposes internals: keep admin.addr private).
+	Pprof bool `yaml:"pprof"`
 }

@@ -75,3 +75,21 @@ func TestHealthEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofOnlyWhenAsked: the profiler is on the admin endpoint only with
+// admin.pprof: true.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	t.Parallel()
+	code := func(m *Moat) string {
+		r := runTool(t, "curl", "-sS", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}", "http://"+m.AdminAddr+"/debug/pprof/heap")
+		return string(r.stdout)
+	}
+	off := StartMoat(t, Config{})
+	if c := code(off); c != "404" {
+		t.Errorf("/debug/pprof/heap without admin.pprof: HTTP %s, want 404", c)
+	}
+	on := StartMoat(t, Config{Extra: map[string]any{"admin": map[string]any{"pprof": true}}})
+	if c := code(on); c != "200" {
+		t.Errorf("/debug/pprof/heap with admin.pprof: HTTP %s, want 200", c)
+	}
+}

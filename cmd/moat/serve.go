@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -167,6 +168,13 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	adminMux := http.NewServeMux()
 	adminHandlers(adminMux, hl)
 	adminMux.Handle("GET /metrics", metrics.Handler())
+	if cfg.Admin.Pprof {
+		adminMux.HandleFunc("/debug/pprof/", pprof.Index)
+		adminMux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		adminMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		adminMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		adminMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	metrics.RegisterQuarantine(rt.Quarantine.Count)
 	if _, ok := log.SyslogStats(); ok {
 		metrics.RegisterSyslog(func() (queued, sent, dropped uint64) {
