@@ -36,6 +36,9 @@ type collector struct {
 	conns  []net.Conn
 	handle func(n int, c net.Conn) // n counts connections from 1
 	times  []time.Time             // accept times
+	// readers keeps each connection's buffered reader across read
+	// calls: a new one would lose what the old one had buffered.
+	readers map[net.Conn]*bufio.Reader
 }
 
 func newCollector(t *testing.T, tlsConf *tls.Config, handle func(*collector, int, net.Conn)) *collector {
@@ -88,7 +91,16 @@ func (c *collector) addr() string { return c.ln.Addr().String() }
 
 // read takes frames until EOF (or limit frames, when limit > 0).
 func (c *collector) read(nc net.Conn, limit ...int) {
-	r := bufio.NewReader(nc)
+	c.mu.Lock()
+	if c.readers == nil {
+		c.readers = map[net.Conn]*bufio.Reader{}
+	}
+	r := c.readers[nc]
+	if r == nil {
+		r = bufio.NewReader(nc)
+		c.readers[nc] = r
+	}
+	c.mu.Unlock()
 	for i := 0; len(limit) == 0 || i < limit[0]; i++ {
 		lenStr, err := r.ReadString(' ')
 		if err != nil {
