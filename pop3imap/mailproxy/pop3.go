@@ -1,7 +1,6 @@
 package mailproxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -10,53 +9,8 @@ import (
 	"strings"
 
 	"moat/auth"
+	"moat/pop3imap/pop3"
 )
-
-// POP3 line limits: RFC 2449 caps a command line at 255 octets with its
-// CRLF; AUTH lines may be longer, a PLAIN response carries a user name and
-// a password in base64.
-const (
-	maxPOP3Line = 255
-	maxAuthLine = 2048
-)
-
-// pop3Command is one parsed command line.
-type pop3Command struct {
-	Name string   // the keyword, upper case
-	Args []string // the arguments; runs of spaces count as one separator
-	Rest string   // everything after the keyword and its one space, verbatim (PASS)
-}
-
-var (
-	errEmptyLine   = errors.New("empty command line")
-	errBadKeyword  = errors.New("invalid command keyword")
-	errControlByte = errors.New("invalid characters in command line")
-)
-
-// parsePOP3Command splits a command line (without its line ending) into
-// the keyword and its arguments: 1-40 ASCII letters, no control bytes
-// such as NUL in the line. Copied from pop3/command.go.
-func parsePOP3Command(line []byte) (pop3Command, error) {
-	if len(line) == 0 {
-		return pop3Command{}, errEmptyLine
-	}
-	for _, b := range line {
-		if b < 0x20 || b == 0x7f {
-			return pop3Command{}, errControlByte
-		}
-	}
-	kw, rest, _ := bytes.Cut(line, []byte{' '})
-	if len(kw) == 0 || len(kw) > 40 {
-		return pop3Command{}, errBadKeyword
-	}
-	for _, b := range kw {
-		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z') {
-			return pop3Command{}, errBadKeyword
-		}
-	}
-	r := string(rest)
-	return pop3Command{Name: strings.ToUpper(string(kw)), Args: strings.Fields(r), Rest: r}, nil
-}
 
 // pop3Known lists the keywords of RFC 1939, 2449, 2595 and 5034: those of
 // the TRANSACTION state are refused before login rather than unknown.
@@ -73,7 +27,7 @@ func (c *session) pop3() {
 	var st pop3State
 	c.reply("+OK " + c.srv.o.Hostname + " POP3 proxy ready")
 	for !c.quit && c.up == nil {
-		line, err := c.readLine(maxAuthLine)
+		line, err := c.readLine(pop3.MaxAuthLine)
 		if err != nil {
 			c.pop3ReadFailed(err)
 			return
@@ -95,13 +49,13 @@ func (c *session) pop3ReadFailed(err error) {
 }
 
 func (c *session) pop3Handle(st *pop3State, line []byte) {
-	cmd, err := parsePOP3Command(line)
+	cmd, err := pop3.ParseCommand(line)
 	if (err != nil || !pop3Known[cmd.Name]) && foreignProtocol(line) {
 		c.reply("-ERR not a POP3 client")
 		c.quit = true
 		return
 	}
-	if len(line)+2 > maxPOP3Line && (err != nil || cmd.Name != "AUTH") {
+	if len(line)+2 > pop3.MaxCommandLine && (err != nil || cmd.Name != "AUTH") {
 		c.reply("-ERR line too long")
 		c.quit = true
 		return
@@ -169,7 +123,7 @@ func (c *session) pop3RefusePlaintext() {
 	}
 }
 
-func (c *session) pop3User(st *pop3State, cmd pop3Command) {
+func (c *session) pop3User(st *pop3State, cmd pop3.Command) {
 	name := strings.TrimSpace(cmd.Rest)
 	if !c.plaintextOK() {
 		if name != "" {
@@ -190,7 +144,7 @@ func (c *session) pop3User(st *pop3State, cmd pop3Command) {
 	c.reply("+OK send PASS")
 }
 
-func (c *session) pop3Pass(st *pop3State, cmd pop3Command) {
+func (c *session) pop3Pass(st *pop3State, cmd pop3.Command) {
 	user := st.user
 	st.user = ""
 	if user == "" {
@@ -206,7 +160,7 @@ func (c *session) pop3Pass(st *pop3State, cmd pop3Command) {
 }
 
 // pop3Auth runs AUTH PLAIN (RFC 5034).
-func (c *session) pop3Auth(cmd pop3Command) {
+func (c *session) pop3Auth(cmd pop3.Command) {
 	if len(cmd.Args) == 0 {
 		lines := []string{"+OK SASL mechanisms follow"}
 		if c.plaintextOK() {
@@ -232,7 +186,7 @@ func (c *session) pop3Auth(cmd pop3Command) {
 		resp = cmd.Args[1]
 	} else {
 		c.reply("+ ")
-		line, err := c.readLine(maxAuthLine)
+		line, err := c.readLine(pop3.MaxAuthLine)
 		if err != nil {
 			c.pop3ReadFailed(err)
 			return
@@ -286,7 +240,7 @@ func (c *session) pop3Login(mechanism, user, password string) {
 	}
 }
 
-func (c *session) pop3STLS(st *pop3State, cmd pop3Command) {
+func (c *session) pop3STLS(st *pop3State, cmd pop3.Command) {
 	cfg := c.srv.tls.Load()
 	if c.tls || cfg == nil {
 		c.pop3Fail("-ERR STLS not available")

@@ -14,6 +14,20 @@ const (
 	maxAuthLine    = 2048
 )
 
+// MaxCommandLine and MaxAuthLine are the line limits above, for other
+// POP3 front ends (the proxy's login phase).
+const (
+	MaxCommandLine = maxCommandLine
+	MaxAuthLine    = maxAuthLine
+)
+
+// Command is a parsed command line, as ParseCommand returns it.
+type Command = command
+
+// ParseCommand is this server's command-line parser, shared with the
+// proxy's login phase so that both read POP3 the same way.
+func ParseCommand(line []byte) (Command, error) { return parseCommand(line) }
+
 // command is one parsed command line.
 type command struct {
 	Name string   // the keyword, upper case
