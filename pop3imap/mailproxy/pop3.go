@@ -193,25 +193,9 @@ func (c *session) pop3Auth(cmd pop3.Command) {
 		}
 		resp = string(line)
 	}
-	if resp == "*" {
-		c.pop3Fail("-ERR authentication cancelled")
-		return
-	}
-	var data []byte
-	if resp != "=" { // RFC 5034: "=" is an empty initial response
-		var err error
-		if data, err = base64.StdEncoding.DecodeString(resp); err != nil {
-			c.pop3Fail("-ERR invalid base64 in response")
-			return
-		}
-	}
-	_, user, password, err := auth.ParsePlain(data)
-	switch {
-	case errors.Is(err, auth.ErrPlainAuthzid):
-		c.pop3Fail("-ERR [AUTH] authorization identity not permitted")
-		return
-	case err != nil:
-		c.pop3Fail("-ERR [AUTH] malformed PLAIN response")
+	user, password, problem := pop3.DecodePlain(resp)
+	if problem != "" {
+		c.pop3Fail(problem)
 		return
 	}
 	c.pop3Login("PLAIN", user, password)

@@ -2,8 +2,11 @@ package pop3
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"strings"
+
+	"moat/auth"
 )
 
 // Line limits. RFC 2449 caps a command line at 255 octets with its CRLF;
@@ -104,3 +107,28 @@ func foreignProtocol(line []byte) bool {
 
 // tlsHandshakeRecord is the first byte of a TLS ClientHello.
 const tlsHandshakeRecord = 0x16
+
+// DecodePlain reads an AUTH PLAIN response line (RFC 5034: base64 of
+// RFC 4616's message, "=" for empty, "*" to cancel). On failure it
+// returns the -ERR reply to send instead of credentials. The POP3 server
+// and the proxy's login phase share it.
+func DecodePlain(resp string) (user, password, errReply string) {
+	if resp == "*" {
+		return "", "", "-ERR authentication cancelled"
+	}
+	var data []byte
+	if resp != "=" {
+		var err error
+		if data, err = base64.StdEncoding.DecodeString(resp); err != nil {
+			return "", "", "-ERR invalid base64 in response"
+		}
+	}
+	_, user, password, err := auth.ParsePlain(data)
+	switch {
+	case errors.Is(err, auth.ErrPlainAuthzid):
+		return "", "", "-ERR [AUTH] authorization identity not permitted"
+	case err != nil:
+		return "", "", "-ERR [AUTH] malformed PLAIN response"
+	}
+	return user, password, ""
+}

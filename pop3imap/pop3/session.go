@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
 
 	"moat/auth"
@@ -325,31 +323,9 @@ func (c *session) cmdAuth(cmd command) {
 		}
 		resp = string(line)
 	}
-	if resp == "*" {
-		c.fail("-ERR authentication cancelled")
-		return
-	}
-	var data []byte
-	if resp != "=" { // RFC 5034: "=" is an empty initial response
-		var err error
-		if data, err = base64.StdEncoding.DecodeString(resp); err != nil {
-			c.fail("-ERR invalid base64 in response")
-			return
-		}
-	}
-	var user, password string
-	var authzid bool
-	plain := sasl.NewPlainServer(func(identity, username, pw string) error {
-		user, password = username, pw
-		authzid = identity != "" && identity != username
-		return nil
-	})
-	if _, _, err := plain.Next(append([]byte{}, data...)); err != nil {
-		c.fail("-ERR [AUTH] malformed PLAIN response")
-		return
-	}
-	if authzid {
-		c.fail("-ERR [AUTH] authorization identity not permitted")
+	user, password, problem := DecodePlain(resp)
+	if problem != "" {
+		c.fail(problem)
 		return
 	}
 	c.login("PLAIN", user, password)
