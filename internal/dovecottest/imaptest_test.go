@@ -1,9 +1,6 @@
 package dovecottest
 
 import (
-	"fmt"
-	"sort"
-	"strings"
 	"testing"
 
 	"moat/internal/imaptest"
@@ -26,20 +23,5 @@ func TestImapTestScripts(t *testing.T) {
 		s := Start(t, Options{Users: map[string]string{alice: alicePW}})
 		return imaptest.Target{Addr: s.IMAPAddr, User: alice, Password: alicePW}
 	}, imaptestFailures)
-	names := make([]string, 0, len(results))
-	for n := range results {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var table strings.Builder
-	count := map[imaptest.Status]int{}
-	for _, n := range names {
-		r := results[n]
-		count[r.Status]++
-		fmt.Fprintf(&table, "\n  %-32s %s", n, r.Status)
-		if r.Status != imaptest.Pass {
-			fmt.Fprintf(&table, " (%s)", r.Reason)
-		}
-	}
-	t.Logf("dovecot: %d pass, %d fail, %d skip%s", count[imaptest.Pass], count[imaptest.Fail], count[imaptest.Skip], table.String())
+	t.Logf("dovecot: %s", imaptest.Summary(results))
 }

@@ -1,10 +1,7 @@
 package imaptest
 
 import (
-	"fmt"
 	"net"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
@@ -93,20 +90,5 @@ var memExpectedFailures = map[string]string{
 // TestScripts runs every copied ImapTest script against imapmemserver.
 func TestScripts(t *testing.T) {
 	results := RunDir(t, ScriptsDir(), startMemServer, memExpectedFailures)
-	names := make([]string, 0, len(results))
-	for n := range results {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var table strings.Builder
-	count := map[Status]int{}
-	for _, n := range names {
-		r := results[n]
-		count[r.Status]++
-		fmt.Fprintf(&table, "\n  %-32s %s", n, r.Status)
-		if r.Status != Pass {
-			fmt.Fprintf(&table, " (%s)", r.Reason)
-		}
-	}
-	t.Logf("imapmemserver: %d pass, %d fail, %d skip%s", count[Pass], count[Fail], count[Skip], table.String())
+	t.Logf("imapmemserver: %s", Summary(results))
 }

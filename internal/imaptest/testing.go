@@ -149,3 +149,25 @@ func pinnedLine(reason string) (int, bool) {
 	line, err := strconv.Atoi(n)
 	return line, err == nil
 }
+
+// Summary renders RunDir's results for a test log: the counts, then one
+// line per script in name order with the reason of each that did not
+// pass.
+func Summary(results map[string]*Result) string {
+	names := make([]string, 0, len(results))
+	for n := range results {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var table strings.Builder
+	count := map[Status]int{}
+	for _, n := range names {
+		r := results[n]
+		count[r.Status]++
+		fmt.Fprintf(&table, "\n  %-32s %s", n, r.Status)
+		if r.Status != Pass {
+			fmt.Fprintf(&table, " (%s)", r.Reason)
+		}
+	}
+	return fmt.Sprintf("%d pass, %d fail, %d skip%s", count[Pass], count[Fail], count[Skip], table.String())
+}

@@ -1,9 +1,6 @@
 package imapd
 
 import (
-	"fmt"
-	"sort"
-	"strings"
 	"testing"
 
 	"moat/internal/imaptest"
@@ -33,20 +30,5 @@ func TestImapTestScripts(t *testing.T) {
 		h.auth.clearOK.Store(true)
 		return imaptest.Target{Addr: h.plain, User: alice, Password: password}
 	}, imaptestFailures)
-	names := make([]string, 0, len(results))
-	for n := range results {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var table strings.Builder
-	count := map[imaptest.Status]int{}
-	for _, n := range names {
-		r := results[n]
-		count[r.Status]++
-		fmt.Fprintf(&table, "\n  %-32s %s", n, r.Status)
-		if r.Status != imaptest.Pass {
-			fmt.Fprintf(&table, " (%s)", r.Reason)
-		}
-	}
-	t.Logf("moat imapd: %d pass, %d fail, %d skip%s", count[imaptest.Pass], count[imaptest.Fail], count[imaptest.Skip], table.String())
+	t.Logf("moat imapd: %s", imaptest.Summary(results))
 }
