@@ -31,6 +31,8 @@
 //	moat_syslog_queue_length                                  gauge      events waiting for the syslog shipper (RegisterSyslog)
 //	moat_syslog_sent_total                                    counter    events the syslog shipper sent
 //	moat_syslog_dropped_total                                 counter    events the syslog shipper dropped
+//	moat_redis_roundtrips_total{client}                       counter    round trips to Redis (one command, or one pipeline
+//	                                                                     or MULTI/EXEC block) by client: greylist, rate, auth
 //
 // plus the go_* and process_* metrics of the standard collectors.
 //
@@ -140,6 +142,10 @@ var (
 		Name: "moat_config_last_reload_failure_timestamp_seconds",
 		Help: "Unix time of the last failed configuration reload.",
 	})
+	RedisRoundTrips = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "moat_redis_roundtrips_total",
+		Help: "Round trips to Redis (one command, or one pipeline or MULTI/EXEC block, answered or failed), by client: greylist, rate, auth.",
+	}, []string{"client"})
 )
 
 func init() {
@@ -150,6 +156,7 @@ func init() {
 		CheckResults, CheckDuration, DNSQueries, DNSCacheRequests,
 		UpstreamDeliveryDuration, UpstreamErrors, GreylistDecisions,
 		LoginAttempts, ConfigReloads, ConfigLastReloadSuccess, ConfigLastReloadFailure,
+		RedisRoundTrips,
 	)
 	for _, l := range listenerNames {
 		SMTPListener(l)

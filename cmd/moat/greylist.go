@@ -21,6 +21,7 @@ import (
 	"moat/greylist"
 	"moat/internal/control"
 	"moat/internal/yamlx"
+	"moat/metrics"
 )
 
 // openGreylistStore opens the store the config names: bolt (a file in
@@ -30,7 +31,7 @@ func openGreylistStore(c *config.Config) (greylist.Store, error) {
 	case "memory":
 		return greylist.NewMemory(1 << 20), nil
 	case "redis":
-		s, err := greylist.NewRedis(c.Redis.Addr)
+		s, err := greylist.NewRedis(c.Redis.Addr, greylist.WithRedisHook(metrics.RedisHook("greylist")))
 		if err != nil {
 			return nil, fmt.Errorf("greylist: %w", err)
 		}

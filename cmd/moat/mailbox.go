@@ -20,6 +20,7 @@ import (
 	"moat/auth"
 	"moat/config"
 	"moat/internal/yamlx"
+	"moat/metrics"
 	"moat/pop3imap/imapd"
 	"moat/pop3imap/mailproxy"
 	"moat/pop3imap/pop3"
@@ -57,24 +58,33 @@ func authSettings(c *config.Config) auth.Settings {
 // through Redis when redis.addr is set (a cluster of gateways locks out
 // together; while Redis is unreachable each node counts on its own), else
 // in memory. The Redis client (nil without redis.addr) is the caller's to
-// share (the SMTP rate limits use it too) and close.
+// close.
 func newAuth(rt *proxy.Runtime, log *audit.Logger) (*auth.Service, *redis.Client) {
 	cfg := rt.Cfg
 	if cfg.Redis.Addr == "" {
 		return auth.New(rt.Users, authSettings(cfg), log), nil
 	}
+	rdb := newRedisClient(cfg.Redis.Addr, "auth")
+	return auth.New(rt.Users, authSettings(cfg), log, auth.WithRedis(rdb)), rdb
+}
+
+// newRedisClient is a client of the shared Redis for one user of it
+// (auth, rate), its round trips counted under that name. Each call is
+// one attempt bounded at 500 ms: a login or an SMTP command must not wait
+// on retries, and each user falls back to this process's memory while
+// Redis is away.
+func newRedisClient(addr, name string) *redis.Client {
 	const timeout = 500 * time.Millisecond
 	rdb := redis.NewClient(&redis.Options{
-		Addr:        cfg.Redis.Addr,
+		Addr:        addr,
 		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, PoolTimeout: timeout,
-		// One attempt per call: a login must not wait on retries, and
-		// the memory counters cover an outage.
 		DialerRetries: 1, MaxRetries: -1,
 		ContextTimeoutEnabled:    true,
 		DisableIdentity:          true,
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	})
-	return auth.New(rt.Users, authSettings(cfg), log, auth.WithRedis(rdb)), rdb
+	rdb.AddHook(metrics.RedisHook(name))
+	return rdb
 }
 
 // mailServices are the POP3 and IMAP4 listeners: over the built-in store,

@@ -125,8 +125,10 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	authSvc, rdb := newAuth(rt, log)
 	if rdb != nil {
 		defer rdb.Close()
-		// The same client shares the SMTP rate limits across gateways.
-		rt.Redis = rdb
+		// The SMTP rate limits shared across gateways, on a client of
+		// their own so that their round trips are counted apart.
+		rt.Redis = newRedisClient(cfg.Redis.Addr, "rate")
+		defer rt.Redis.Close()
 	}
 	rt.Auth = authSvc
 	rt.Mailboxes = mailbox.Open(cfg.DataDir)
