@@ -119,28 +119,32 @@ func (g *Greylister) Check(ctx context.Context, client netip.Addr, sender, rcpt,
 		return res, fmt.Errorf("greylist: invalid client address %v", client)
 	}
 
-	allows, err := g.loadAllows(ctx)
+	// The allow list, the triplet's record and the network's: one round
+	// trip when the store can (Redis: MGET).
+	keys := []string{keyAllows, res.Key, networkKey(t.Network)}
+	if p.AutoAllowAfter <= 0 {
+		keys = keys[:2]
+	}
+	vs, err := getMany(ctx, g.Store, keys)
 	if err != nil {
 		return res, unavailable(err)
 	}
-	if allows.match(client.Unmap().WithZone(""), t.Sender, now) {
+	rawAllows, rawTriplet, rawNet := vs[0], vs[1], []byte(nil)
+	if len(vs) > 2 {
+		rawNet = vs[2]
+	}
+
+	if g.allowsFrom(rawAllows).match(client.Unmap().WithZone(""), t.Sender, now) {
 		res.Verdict = Allowed
 		return res, nil
 	}
-
-	if p.AutoAllowAfter > 0 {
-		auto, err := g.autoAllowed(ctx, t.Network, now, p)
-		if err != nil {
-			return res, unavailable(err)
-		}
-		if auto {
-			res.Verdict = AutoAllowed
-			return res, nil
-		}
+	if p.AutoAllowAfter > 0 && g.autoAllowed(ctx, t.Network, rawNet, now, p) {
+		res.Verdict = AutoAllowed
+		return res, nil
 	}
 
 	var d decision
-	err = g.Store.Update(ctx, res.Key, func(cur []byte) ([]byte, time.Duration, bool, error) {
+	err = updateFrom(ctx, g.Store, res.Key, rawTriplet, func(cur []byte) ([]byte, time.Duration, bool, error) {
 		d = decide(cur, now, p)
 		return d.next, d.ttl, d.write, nil
 	})
@@ -209,17 +213,47 @@ func waitingTTL(rec tripletRecord, now time.Time, p Params) time.Duration {
 	return max(rec.FirstSeen.Add(max(p.RetryWindow, p.Delay)+p.Delay).Sub(now), time.Second)
 }
 
-// autoAllowed reads the network record; an active auto-allowed network
-// has its auto-allow pushed to a lifetime from now, at most hourly.
-func (g *Greylister) autoAllowed(ctx context.Context, network netip.Prefix, now time.Time, p Params) (bool, error) {
-	key := networkKey(network)
-	raw, err := g.Store.Get(ctx, key)
-	if err != nil {
-		return false, err
+// batchStore is a Store that reads several records in one round trip
+// and starts an Update from a record it just read (Redis).
+type batchStore interface {
+	getMany(ctx context.Context, keys []string) ([][]byte, error)
+	updateFrom(ctx context.Context, key string, cur []byte, fn UpdateFunc) error
+}
+
+// getMany reads the records under keys from s, in one round trip when s
+// is a batchStore.
+func getMany(ctx context.Context, s Store, keys []string) ([][]byte, error) {
+	if bs, ok := s.(batchStore); ok {
+		return bs.getMany(ctx, keys)
 	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := s.Get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// updateFrom is s.Update of a record just read as cur: a batchStore
+// starts from cur instead of reading it again.
+func updateFrom(ctx context.Context, s Store, key string, cur []byte, fn UpdateFunc) error {
+	if bs, ok := s.(batchStore); ok {
+		return bs.updateFrom(ctx, key, cur, fn)
+	}
+	return s.Update(ctx, key, fn)
+}
+
+// autoAllowed reports whether the network record raw auto-allows; an
+// active auto-allowed network has its auto-allow pushed to a lifetime
+// from now, at most hourly.
+func (g *Greylister) autoAllowed(ctx context.Context, network netip.Prefix, raw []byte, now time.Time, p Params) bool {
+	key := networkKey(network)
 	rec, err := decodeNetwork(raw)
 	if err != nil || !now.Before(rec.AutoUntil) {
-		return false, nil
+		return false
 	}
 	if rec.AutoUntil.Sub(now) < p.Lifetime-refreshAfter {
 		// The decision is made: a failed refresh is tried again next time.
@@ -232,7 +266,7 @@ func (g *Greylister) autoAllowed(ctx context.Context, network netip.Prefix, now 
 			return rec.encode(), p.Lifetime, true, nil
 		})
 	}
-	return true, nil
+	return true
 }
 
 // countPass counts a triplet's first pass for its network and starts the
@@ -259,13 +293,11 @@ type allowCache struct {
 	entries []allowEntry
 }
 
-func (g *Greylister) loadAllows(ctx context.Context) (*allowCache, error) {
-	raw, err := g.Store.Get(ctx, keyAllows)
-	if err != nil {
-		return nil, err
-	}
+// allowsFrom decodes the allow list record raw, or reuses the last
+// decoding when the record is the same.
+func (g *Greylister) allowsFrom(raw []byte) *allowCache {
 	if c := g.allows.Load(); c != nil && bytes.Equal(c.raw, raw) {
-		return c, nil
+		return c
 	}
 	entries, err := decodeAllows(raw)
 	if err != nil {
@@ -273,7 +305,7 @@ func (g *Greylister) loadAllows(ctx context.Context) (*allowCache, error) {
 	}
 	c := &allowCache{raw: raw, entries: entries}
 	g.allows.Store(c)
-	return c, nil
+	return c
 }
 
 // match reports whether a live allow covers the client or the sender.

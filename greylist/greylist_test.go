@@ -44,6 +44,26 @@ func (s *countingStore) Update(ctx context.Context, key string, fn UpdateFunc) e
 	return err
 }
 
+// getMany and updateFrom pass the batch reads of a Redis store through
+// (Check uses them when the store has them), counting writes as Update
+// does.
+func (s *countingStore) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	return getMany(ctx, s.Store, keys)
+}
+
+func (s *countingStore) updateFrom(ctx context.Context, key string, cur []byte, fn UpdateFunc) error {
+	wrote := false
+	err := updateFrom(ctx, s.Store, key, cur, func(cur []byte) ([]byte, time.Duration, bool, error) {
+		next, ttl, write, err := fn(cur)
+		wrote = write && err == nil
+		return next, ttl, write, err
+	})
+	if wrote {
+		s.writes.Add(1)
+	}
+	return err
+}
+
 type fixture struct {
 	g     *Greylister
 	clock *fakeClock
@@ -513,8 +533,8 @@ func TestStoreFailure(t *testing.T) {
 		}
 	}
 
-	// Failing at each step of Check: the allow read, the network read,
-	// the triplet update, the network count.
+	// Failing at each step of Check: the reads of the allow list, the
+	// triplet and the network, the triplet update, the network count.
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
 			clock := newFakeClock()
@@ -526,13 +546,13 @@ func TestStoreFailure(t *testing.T) {
 				g := &Greylister{Store: s, Params: DefaultParams(), Now: clock.Now}
 				return g.Check(ctx, clientA, sender, rcpt, "")
 			}
-			for _, f := range []*failAfter{{gets: 0, updates: 9}, {gets: 1, updates: 9}, {gets: 2, updates: 0}} {
+			for _, f := range []*failAfter{{gets: 0, updates: 9}, {gets: 1, updates: 9}, {gets: 2, updates: 9}, {gets: 3, updates: 0}} {
 				f.Store = inner
 				if res, err := check(f); !errors.Is(err, ErrUnavailable) || res.Verdict != "" {
 					t.Fatalf("gets %d, updates %d: %+v, %v", f.gets, f.updates, res, err)
 				}
 			}
-			f := &failAfter{Store: inner, gets: 2, updates: 1}
+			f := &failAfter{Store: inner, gets: 3, updates: 1}
 			if res, err := check(f); err != nil || res.Verdict != New {
 				t.Fatalf("first sight: %+v, %v", res, err)
 			}

@@ -54,6 +54,7 @@ type redisConfig struct {
 	timeout    time.Duration
 	txAttempts int
 	client     []func(*redis.Options)
+	hooks      []redis.Hook
 }
 
 // WithRedisKeyPrefix sets the prefix of every key the store writes
@@ -79,6 +80,12 @@ func WithRedisTxAttempts(n int) RedisOption {
 // NewRedis has filled them in (password, TLS, database, pool size).
 func WithRedisClientOptions(f func(*redis.Options)) RedisOption {
 	return func(c *redisConfig) { c.client = append(c.client, f) }
+}
+
+// WithRedisHook adds h to the go-redis client (metrics.RedisHook counts
+// its round trips).
+func WithRedisHook(h redis.Hook) RedisOption {
+	return func(c *redisConfig) { c.hooks = append(c.hooks, h) }
 }
 
 // NewRedis returns a Store in the Redis server at addr ("host:port", or a
@@ -125,8 +132,12 @@ func NewRedis(addr string, opts ...RedisOption) (*Redis, error) {
 	for _, f := range c.client {
 		f(o)
 	}
+	client := redis.NewClient(o)
+	for _, h := range c.hooks {
+		client.AddHook(h)
+	}
 	return &Redis{
-		client:     redis.NewClient(o),
+		client:     client,
 		addr:       addr,
 		prefix:     c.prefix,
 		txAttempts: c.txAttempts,
@@ -140,11 +151,17 @@ func NewRedis(addr string, opts ...RedisOption) (*Redis, error) {
 // random backoff while other clients change the key, at most
 // WithRedisTxAttempts times.
 func (r *Redis) Update(ctx context.Context, key string, fn UpdateFunc) error {
-	rk := r.prefix + key
-	cur, err := r.get(ctx, rk)
+	cur, err := r.get(ctx, r.prefix+key)
 	if err != nil {
 		return err
 	}
+	return r.updateFrom(ctx, key, cur, fn)
+}
+
+// updateFrom is Update once the record was read (cur, nil when absent):
+// a Check that read it with getMany starts here, saving a GET.
+func (r *Redis) updateFrom(ctx context.Context, key string, cur []byte, fn UpdateFunc) error {
+	rk := r.prefix + key
 	memo := redisUpdateMemo{fn: fn}
 	res, err := memo.call(cur)
 	if err != nil || !res.write {
@@ -269,6 +286,26 @@ func (r *Redis) get(ctx context.Context, rk string) ([]byte, error) {
 		return nil, r.fail("GET", rk, err)
 	}
 	return v, nil
+}
+
+// getMany reads the records under keys (nil for those absent) in one
+// round trip: MGET.
+func (r *Redis) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	rks := make([]string, len(keys))
+	for i, k := range keys {
+		rks[i] = r.prefix + k
+	}
+	vs, err := r.client.MGet(ctx, rks...).Result()
+	if err != nil {
+		return nil, r.fail("MGET", strings.Join(rks, " "), err)
+	}
+	out := make([][]byte, len(keys))
+	for i, v := range vs {
+		if s, ok := v.(string); ok {
+			out[i] = []byte(s)
+		}
+	}
+	return out, nil
 }
 
 // Delete implements Store.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net"
 	"strconv"
 	"strings"
@@ -640,5 +641,71 @@ func BenchmarkRedisUpdate(b *testing.B) {
 func redisReportOps(b *testing.B) {
 	if s := b.Elapsed().Seconds(); s > 0 {
 		b.ReportMetric(float64(b.N)/s, "ops/s")
+	}
+}
+
+// tripCounter counts a go-redis client's round trips (as
+// metrics.RedisHook does): a command, or a pipeline/MULTI block.
+type tripCounter struct{ n atomic.Int64 }
+
+func (c *tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(1); return next(ctx, cmds) }
+}
+
+// TestRedisCheckRoundTrips: a known triplet (the common case) costs one
+// round trip to Redis, one MGET of the allow list, the triplet and the
+// network; and two gateways seeing new triplets at the same moment record
+// each once (one new, one early), then pass each at either gateway.
+func TestRedisCheckRoundTrips(t *testing.T) {
+	addr := redistest.Start(t)
+	trips := &tripCounter{}
+	clock := newFakeClock()
+	a := &Greylister{Store: openRedis(t, addr, WithRedisHook(trips)), Params: DefaultParams(), Now: clock.Now}
+	b := &Greylister{Store: openRedis(t, addr), Params: DefaultParams(), Now: clock.Now}
+	ctx := context.Background()
+
+	const n = 40
+	// One network each, so that none is auto-allowed.
+	client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i), 0, 1}) }
+	verdicts := make([][2]Verdict, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		for j, g := range []*Greylister{a, b} {
+			wg.Go(func() {
+				res, err := g.Check(ctx, client(i), sender, rcpt, "")
+				if err != nil {
+					t.Error(err)
+				}
+				verdicts[i][j] = res.Verdict
+			})
+		}
+	}
+	wg.Wait()
+	for i, v := range verdicts {
+		if !(v == [2]Verdict{New, Early} || v == [2]Verdict{Early, New}) {
+			t.Errorf("triplet %d seen at once by two gateways: %v, want one new and one early", i, v)
+		}
+	}
+	clock.Advance(5 * time.Minute)
+	for i := range n {
+		for _, g := range []*Greylister{b, a} {
+			res, err := g.Check(ctx, client(i), sender, rcpt, "")
+			if err != nil || res.Verdict != Passed {
+				t.Fatalf("triplet %d after the delay: %v %v", i, res.Verdict, err)
+			}
+		}
+	}
+	before := trips.n.Load()
+	for i := range n {
+		if res, err := a.Check(ctx, client(i), sender, rcpt, ""); err != nil || res.Verdict != Passed {
+			t.Fatalf("known triplet %d: %v %v", i, res.Verdict, err)
+		}
+	}
+	if got := trips.n.Load() - before; got != n {
+		t.Errorf("%d checks of known triplets: %d round trips, want %d", n, got, n)
 	}
 }
