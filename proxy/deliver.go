@@ -40,12 +40,11 @@ func (s *session) finish(ctx context.Context, t *txn, sp *spool, c *content) *Re
 	if ev.action == "" {
 		ev.action = actionOf(r)
 	}
+	// The message's rate-limit tokens stay taken when it was accepted.
+	s.srv.mailLimits.release(ctx, s.rt.Redis, t.rates, r.Positive(), &s.cfg().SMTP.Limits)
 	if r.Positive() {
 		ev.outcome = "success"
 		s.accepted++
-		if !s.unfiltered() {
-			s.srv.mailLimits.countMessage(ctx, s.rt.Redis, s.remote.Addr(), t.from.String(), &s.cfg().SMTP.Limits)
-		}
 	} else {
 		ev.outcome = "failure"
 		if ev.action == "accept" || ev.action == "tag" {

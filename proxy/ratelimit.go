@@ -16,10 +16,19 @@ import (
 // mailLimiter enforces the rates of accepted mail in smtp.limits:
 // messages and recipients per client network (an IPv4 /24 or an IPv6
 // /64, the block one sender usually has) and messages per envelope
-// sender. A message is counted when it is accepted at the end of data
-// and checked at MAIL; a recipient is checked and counted at RCPT.
-// Refusals are 452 4.7.1 so that a legitimate bulk sender retries later
-// (Postfix's anvil message and recipient rates, in process).
+// sender. Refusals are 452 4.7.1 so that a legitimate bulk sender retries
+// later (Postfix's anvil message and recipient rates, in process).
+//
+// A transaction reserves: at MAIL it takes a message token from the
+// network's and the sender's buckets (both or neither) and, when one is
+// left, a recipient token for its first RCPT, in one step; a later RCPT
+// takes its own. Tokens go back when they were not used: the message's
+// unless the message was accepted at the end of data, a recipient's
+// unless the recipient was accepted. So the rates count accepted mail,
+// and gateways sharing the buckets in Redis can never together accept
+// more than a rate allows (a check now and a count later would let every
+// transaction in flight through at once). With Redis that is one round
+// trip at MAIL for the usual one-recipient message, and none after.
 //
 // Written by hand for the reasons connLimiter is: the per-key table and
 // its expiry are the point, golang.org/x/time/rate is one bucket.
@@ -56,66 +65,196 @@ func networkKey(ip netip.Addr) netip.Prefix {
 }
 
 // senderKey is the envelope sender a rate counts by; "" (the null
-// sender <>, bounces) is never limited.
+// sender) is not limited.
 func senderKey(from string) string {
 	return strings.ToLower(from)
 }
 
-// checkMail decides a MAIL from ip with envelope sender from. It returns
-// nil, or the refusal and the event's reason. rdb, when set, holds the
-// buckets every gateway shares.
-func (l *mailLimiter) checkMail(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, from string, lim *config.Limits) (*Reply, string) {
-	if !decide(ctx, l, rdb, "messages_per_network", &l.messages, networkKey(ip), lim.MessagesPerNetwork, false) {
-		return replyMessageRate, "rate_limit: messages_per_network"
-	}
-	if k := senderKey(from); k != "" && !decide(ctx, l, rdb, "messages_per_sender", &l.senders, k, lim.MessagesPerSender, false) {
-		return replySenderRate, "rate_limit: messages_per_sender"
-	}
-	return nil, ""
+// tokenSite is where a reserved token was taken, so that it goes back
+// there: Redis, or this process's memory (no Redis, or Redis failed).
+type tokenSite uint8
+
+const (
+	siteNone tokenSite = iota
+	siteMemory
+	siteRedis
+)
+
+// reservation is what one transaction holds of the rates.
+type reservation struct {
+	net    netip.Prefix
+	sender string    // senderKey; "" when not limited
+	msg    tokenSite // the message tokens (network and sender) taken at MAIL
+	spare  tokenSite // a recipient token taken and not yet used
+	held   tokenSite // the recipient token of the RCPT being decided
 }
 
-// checkRcpt decides one more recipient from ip; countRcpt counts it once
-// accepted.
-func (l *mailLimiter) checkRcpt(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, lim *config.Limits) *Reply {
-	if !decide(ctx, l, rdb, "recipients_per_network", &l.recipients, networkKey(ip), lim.RecipientsPerNetwork, false) {
-		return replyRecipientRate
+// reserveMail decides a MAIL from ip with envelope sender from: it takes
+// the message tokens and, when there is one, a recipient token. It
+// returns the reservation, or the refusal and the event's reason. rdb,
+// when set, holds the buckets every gateway shares.
+func (l *mailLimiter) reserveMail(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, from string, lim *config.Limits) (*reservation, *Reply, string) {
+	res := &reservation{net: networkKey(ip)}
+	msgRate := l.messages.rateOf(lim.MessagesPerNetwork)
+	sndRate := l.senders.rateOf(lim.MessagesPerSender)
+	rcptRate := l.recipients.rateOf(lim.RecipientsPerNetwork)
+	if k := senderKey(from); k != "" && sndRate.Count > 0 {
+		res.sender = k
 	}
-	return nil
-}
-
-func (l *mailLimiter) countRcpt(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, lim *config.Limits) {
-	decide(ctx, l, rdb, "recipients_per_network", &l.recipients, networkKey(ip), lim.RecipientsPerNetwork, true)
-}
-
-// countMessage counts an accepted message against ip's network and from.
-func (l *mailLimiter) countMessage(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, from string, lim *config.Limits) {
-	decide(ctx, l, rdb, "messages_per_network", &l.messages, networkKey(ip), lim.MessagesPerNetwork, true)
-	if k := senderKey(from); k != "" {
-		decide(ctx, l, rdb, "messages_per_sender", &l.senders, k, lim.MessagesPerSender, true)
+	if msgRate.Count == 0 && res.sender == "" && rcptRate.Count == 0 {
+		return res, nil, ""
 	}
-}
-
-// decide checks (take false: is a token left?) or counts (take true)
-// one for key at the rate src: in Redis when rdb is set, in t when not
-// or when Redis fails.
-func decide[K comparable](ctx context.Context, l *mailLimiter, rdb redis.UniversalClient, limit string, t *rateTable[K], key K, src string, take bool) bool {
 	now := l.now()
 	if rdb != nil {
-		r := t.rateOf(src)
-		if r.Count == 0 {
-			return true
+		var bs []sharedBucketRef
+		if msgRate.Count > 0 {
+			bs = append(bs, sharedBucketRef{"messages_per_network", res.net.String(), msgRate, true})
 		}
-		ok, err := sharedBucket(ctx, rdb, limit, keyString(key), r, now, take)
+		if res.sender != "" {
+			bs = append(bs, sharedBucketRef{"messages_per_sender", res.sender, sndRate, true})
+		}
+		if rcptRate.Count > 0 {
+			bs = append(bs, sharedBucketRef{"recipients_per_network", res.net.String(), rcptRate, false})
+		}
+		failed, optTaken, err := takeShared(ctx, rdb, bs, now)
 		if err == nil {
-			return ok
+			if failed >= 0 {
+				return rateRefusal(bs[failed].limit)
+			}
+			res.msg = siteRedis
+			if optTaken {
+				res.spare = siteRedis
+			}
+			return res, nil, ""
 		}
 		l.alarm.raise(ctx, l.log, now, err)
 	}
-	if take {
-		t.take(key, src, now)
-		return true
+	if !l.messages.takeIf(res.net, lim.MessagesPerNetwork, now) {
+		return rateRefusal("messages_per_network")
 	}
-	return t.allow(key, src, now)
+	if res.sender != "" && !l.senders.takeIf(res.sender, lim.MessagesPerSender, now) {
+		l.messages.give(res.net, lim.MessagesPerNetwork, now)
+		return rateRefusal("messages_per_sender")
+	}
+	res.msg = siteMemory
+	if rcptRate.Count > 0 && l.recipients.takeIf(res.net, lim.RecipientsPerNetwork, now) {
+		res.spare = siteMemory
+	}
+	return res, nil, ""
+}
+
+// rateRefusal is reserveMail's answer when the message limit refused.
+func rateRefusal(limit string) (*reservation, *Reply, string) {
+	if limit == "messages_per_sender" {
+		return nil, replySenderRate, "rate_limit: messages_per_sender"
+	}
+	return nil, replyMessageRate, "rate_limit: messages_per_network"
+}
+
+// takeRcpt holds a recipient token for the RCPT being decided (the spare
+// one taken at MAIL when there is one), or refuses; rcptDone settles it.
+func (l *mailLimiter) takeRcpt(ctx context.Context, rdb redis.UniversalClient, res *reservation, lim *config.Limits) *Reply {
+	if res.spare != siteNone {
+		res.held, res.spare = res.spare, siteNone
+		return nil
+	}
+	r := l.recipients.rateOf(lim.RecipientsPerNetwork)
+	if r.Count == 0 {
+		return nil
+	}
+	now := l.now()
+	if rdb != nil {
+		failed, _, err := takeShared(ctx, rdb, []sharedBucketRef{{"recipients_per_network", res.net.String(), r, true}}, now)
+		if err == nil {
+			if failed >= 0 {
+				return replyRecipientRate
+			}
+			res.held = siteRedis
+			return nil
+		}
+		l.alarm.raise(ctx, l.log, now, err)
+	}
+	if !l.recipients.takeIf(res.net, lim.RecipientsPerNetwork, now) {
+		return replyRecipientRate
+	}
+	res.held = siteMemory
+	return nil
+}
+
+// rcptDone settles the held recipient token: an accepted recipient used
+// it; a refused one leaves it spare for the next RCPT.
+func (l *mailLimiter) rcptDone(ctx context.Context, rdb redis.UniversalClient, res *reservation, accepted bool, lim *config.Limits) {
+	held := res.held
+	res.held = siteNone
+	if accepted || held == siteNone {
+		return
+	}
+	if res.spare == siteNone {
+		res.spare = held
+		return
+	}
+	l.giveRcpt(ctx, rdb, res.net, held, lim)
+}
+
+// release ends a transaction's reservation: the message tokens go back
+// unless the message was accepted, a spare recipient token always, all
+// of Redis's in one round trip. Nothing to give back (the usual accepted
+// message) costs nothing.
+func (l *mailLimiter) release(ctx context.Context, rdb redis.UniversalClient, res *reservation, accepted bool, lim *config.Limits) {
+	if res == nil {
+		return
+	}
+	if res.held != siteNone { // rcptDone settles it; never left here
+		l.giveRcpt(ctx, rdb, res.net, res.held, lim)
+	}
+	now := l.now()
+	var shared []sharedBucketRef
+	switch res.spare {
+	case siteRedis:
+		if r := l.recipients.rateOf(lim.RecipientsPerNetwork); r.Count > 0 {
+			shared = append(shared, sharedBucketRef{"recipients_per_network", res.net.String(), r, true})
+		}
+	case siteMemory:
+		l.recipients.give(res.net, lim.RecipientsPerNetwork, now)
+	}
+	switch {
+	case accepted:
+	case res.msg == siteRedis:
+		if r := l.messages.rateOf(lim.MessagesPerNetwork); r.Count > 0 {
+			shared = append(shared, sharedBucketRef{"messages_per_network", res.net.String(), r, true})
+		}
+		if r := l.senders.rateOf(lim.MessagesPerSender); res.sender != "" && r.Count > 0 {
+			shared = append(shared, sharedBucketRef{"messages_per_sender", res.sender, r, true})
+		}
+	case res.msg == siteMemory:
+		l.messages.give(res.net, lim.MessagesPerNetwork, now)
+		if res.sender != "" {
+			l.senders.give(res.sender, lim.MessagesPerSender, now)
+		}
+	}
+	res.msg, res.spare, res.held = siteNone, siteNone, siteNone
+	if err := giveShared(ctx, rdb, shared, now); err != nil {
+		// The tokens stay taken until they refill: a refusal too many
+		// later, never a message too many.
+		l.alarm.raise(ctx, l.log, now, err)
+	}
+}
+
+// giveRcpt gives one recipient token of net back to site.
+func (l *mailLimiter) giveRcpt(ctx context.Context, rdb redis.UniversalClient, net netip.Prefix, site tokenSite, lim *config.Limits) {
+	now := l.now()
+	switch site {
+	case siteRedis:
+		r := l.recipients.rateOf(lim.RecipientsPerNetwork)
+		if r.Count == 0 {
+			return
+		}
+		if err := giveShared(ctx, rdb, []sharedBucketRef{{"recipients_per_network", net.String(), r, true}}, now); err != nil {
+			l.alarm.raise(ctx, l.log, now, err)
+		}
+	case siteMemory:
+		l.recipients.give(net, lim.RecipientsPerNetwork, now)
+	}
 }
 
 // rateTable is one token bucket per key, at the rate of one config key.
@@ -162,30 +301,14 @@ func (t *rateTable[K]) rateOf(src string) rate {
 	return t.rate
 }
 
-// allow reports whether key may have one more at rate src.
-func (t *rateTable[K]) allow(key K, src string, now time.Time) bool {
+// takeIf takes one token of key at rate src when there is one and
+// reports whether it did (always true when the rate is off).
+func (t *rateTable[K]) takeIf(key K, src string, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.setRate(src)
 	if t.rate.Count == 0 {
 		return true
-	}
-	b := t.buckets[key]
-	if b == nil {
-		return true
-	}
-	b.refill(now, t.rate)
-	return b.tokens >= 1
-}
-
-// take counts one for key. Sessions that passed allow at the same time
-// may overshoot the rate by one each; the bucket stops at empty.
-func (t *rateTable[K]) take(key K, src string, now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.setRate(src)
-	if t.rate.Count == 0 {
-		return
 	}
 	if since := now.Sub(t.swept); since >= sweepEvery || len(t.buckets) >= maxClients && since >= time.Second {
 		t.sweep(now)
@@ -195,14 +318,28 @@ func (t *rateTable[K]) take(key K, src string, now time.Time) {
 		if len(t.buckets) >= maxClients {
 			// Full of keys still counting: this one goes uncounted
 			// rather than let the table grow without bound.
-			return
+			return true
 		}
 		b = &bucket{tokens: float64(t.rate.Count), last: now}
 		t.buckets[key] = b
 	}
 	b.refill(now, t.rate)
-	if b.tokens -= 1; b.tokens < 0 {
-		b.tokens = 0
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// give returns one token of key taken at rate src (a bucket already
+// forgotten is full: nothing to do).
+func (t *rateTable[K]) give(key K, src string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setRate(src)
+	if b := t.buckets[key]; b != nil && t.rate.Count > 0 {
+		b.refill(now, t.rate)
+		b.tokens = min(b.tokens+1, float64(t.rate.Count))
 	}
 }
 

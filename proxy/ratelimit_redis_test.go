@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
@@ -15,6 +16,7 @@ import (
 	"moat/audit"
 	"moat/config"
 	"moat/internal/redistest"
+	"moat/metrics"
 )
 
 // quietRedis silences go-redis's own logging (failed dials, to stderr).
@@ -93,5 +95,95 @@ func TestMailRatesShared(t *testing.T) {
 	}
 	if n := len(logs.FilterMessage("smtp.redis_error").All()); n != 1 {
 		t.Errorf("%d smtp.redis_error events, want 1 (rate-limited)", n)
+	}
+}
+
+// TestMailRatesReserved: two gateways on one Redis, 40 MAILs at once from
+// one sender whose rate is 10: exactly 10 get their tokens (a check now
+// and a count later would let all 40 through); transactions that end
+// without a message give them back. A one-recipient message costs one
+// round trip to Redis, at MAIL, when every rate is on.
+func TestMailRatesReserved(t *testing.T) {
+	srv := redistest.StartServer(t)
+	if srv == nil {
+		return
+	}
+	rdb := rateRedisClient(t, srv.Addr())
+	rdb.AddHook(metrics.RedisHook("rate-test"))
+	trips := metrics.RedisRoundTrips.WithLabelValues("rate-test")
+	ctx := context.Background()
+	clk := newFakeClock()
+	gws := []*mailLimiter{newMailLimiter(clk.now, audit.Discard()), newMailLimiter(clk.now, audit.Discard())}
+	lim := &config.Limits{MessagesPerNetwork: "1000/1h", RecipientsPerNetwork: "1000/1h", MessagesPerSender: "10/1h"}
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		held []*reservation
+	)
+	for i := range 40 {
+		wg.Go(func() {
+			l := gws[i%2]
+			res, r, why := l.reserveMail(ctx, rdb, ip("192.0.2.1"), "Bulk@example.test", lim)
+			if r != nil {
+				if why != "rate_limit: messages_per_sender" {
+					t.Errorf("refusal %v %q", r, why)
+				}
+				return
+			}
+			mu.Lock()
+			held = append(held, res)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if len(held) != 10 {
+		t.Fatalf("%d of 40 concurrent MAILs got tokens, want exactly 10", len(held))
+	}
+	// Five transactions end without a message (RSET, greylisted, ...):
+	// their tokens go back, the others' messages were accepted.
+	for i, res := range held {
+		gws[i%2].release(ctx, rdb, res, i >= 5, lim)
+	}
+	for i := range 6 {
+		r, _ := gws[i%2].checkMail(ctx, rdb, ip("192.0.2.1"), "bulk@example.test", lim)
+		if want := i < 5; (r == nil) != want {
+			t.Errorf("MAIL %d after the releases: %v", i, r)
+		}
+		if r == nil {
+			gws[i%2].countMessage(ctx, rdb, ip("192.0.2.1"), "bulk@example.test", lim)
+		}
+	}
+
+	// The round trips of one accepted one-recipient message.
+	l := gws[0]
+	before := testutil.ToFloat64(trips)
+	res, r, _ := l.reserveMail(ctx, rdb, ip("198.51.100.7"), "one@example.test", lim)
+	if r != nil {
+		t.Fatal(r)
+	}
+	if r := l.takeRcpt(ctx, rdb, res, lim); r != nil {
+		t.Fatal(r)
+	}
+	l.rcptDone(ctx, rdb, res, true, lim)
+	l.release(ctx, rdb, res, true, lim)
+	if got := testutil.ToFloat64(trips) - before; got != 1 {
+		t.Errorf("one message, one recipient: %v round trips to Redis, want 1", got)
+	}
+	// A refused recipient's token serves the next RCPT; the spare goes
+	// back at the end (one more round trip, off the accepted path).
+	before = testutil.ToFloat64(trips)
+	res, _, _ = l.reserveMail(ctx, rdb, ip("198.51.100.7"), "one@example.test", lim)
+	_ = l.takeRcpt(ctx, rdb, res, lim)
+	l.rcptDone(ctx, rdb, res, false, lim)
+	_ = l.takeRcpt(ctx, rdb, res, lim)
+	l.rcptDone(ctx, rdb, res, false, lim)
+	l.release(ctx, rdb, res, false, lim)
+	if got := testutil.ToFloat64(trips) - before; got != 2 {
+		t.Errorf("two refused recipients, no message: %v round trips, want 2 (MAIL, release)", got)
+	}
+	tokens, err := rdb.HGet(ctx, rateRedisPrefix+"recipients_per_network:{198.51.100.0%2F24}", "t").Float64()
+	if err != nil || tokens < 998.9 || tokens > 999.1 {
+		t.Errorf("recipient tokens left %v %v, want 999 (one accepted recipient)", tokens, err)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"moat/audit"
 	"moat/config"
 	"moat/internal/yamlx"
@@ -119,12 +121,12 @@ func TestMailLimiterMemory(t *testing.T) {
 	// A flood of new keys stops at maxClients.
 	tab := &rateTable[int]{}
 	for i := range maxClients + 50 {
-		tab.take(i, "1/1h", clk.now())
+		tab.takeIf(i, "1/1h", clk.now())
 	}
 	if n := tab.size(); n != maxClients {
 		t.Errorf("table holds %d keys, want at most %d", n, maxClients)
 	}
-	tab.take(1, "2/1h", clk.now())
+	tab.takeIf(1, "2/1h", clk.now())
 	if n := tab.size(); n != 1 {
 		t.Errorf("after a new rate the table holds %d keys, want 1", n)
 	}
@@ -208,6 +210,18 @@ func TestMailRatesEndToEnd(t *testing.T) {
 			t.Errorf("event %v", ev)
 		}
 	})
+	t.Run("tokens of a transaction without a message go back", func(t *testing.T) {
+		ts := startServer(t, "smtp:\n  listeners: [{addr: \"127.0.0.1:1\"}]\n  trusted_networks: [192.0.2.0/24]\n  limits: {messages_per_network: 1/1h, recipients_per_network: 1/1h}\n"+routeTo("127.0.0.1:1", ""), "")
+		c := dial(t, ts.addr)
+		c.cmd("EHLO client.example.net", "250")
+		c.cmd("MAIL FROM:<a@example.net>", "250")
+		c.cmd("RSET", "250")
+		c.cmd("MAIL FROM:<a@example.net>", "250")
+		c.cmd("RCPT TO:<one@local.test>", "250")
+		send(c)
+		c.cmd("MAIL FROM:<a@example.net>", "452 4.7.1 Too many messages from your network")
+		c.cmd("QUIT", "221")
+	})
 	t.Run("trusted exempt", func(t *testing.T) {
 		ts := startServer(t, "smtp:\n  listeners: [{addr: \"127.0.0.1:1\"}]\n  trusted_networks: [127.0.0.0/8]\n"+limits+routeTo("127.0.0.1:1", ""), "")
 		c := dial(t, ts.addr)
@@ -252,4 +266,44 @@ func TestTarpitEndToEnd(t *testing.T) {
 	if ev := connEvents(t, logs2, 1)[0]; ev["moat.tarpit"] != nil {
 		t.Errorf("connection event outside the tarpit %v", ev)
 	}
+}
+
+// The tests' words for the steps of a transaction, over the reservation
+// API: a MAIL that is only a check (its tokens go back), a message
+// accepted, a RCPT that is only a check, a recipient accepted.
+
+func (l *mailLimiter) checkMail(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, from string, lim *config.Limits) (*Reply, string) {
+	res, r, why := l.reserveMail(ctx, rdb, ip, from, lim)
+	if r == nil {
+		l.release(ctx, rdb, res, false, lim)
+	}
+	return r, why
+}
+
+func (l *mailLimiter) countMessage(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, from string, lim *config.Limits) {
+	if res, r, _ := l.reserveMail(ctx, rdb, ip, from, lim); r == nil {
+		l.release(ctx, rdb, res, true, lim)
+	}
+}
+
+func (l *mailLimiter) checkRcpt(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, lim *config.Limits) *Reply {
+	res, r, _ := l.reserveMail(ctx, rdb, ip, "", lim)
+	if r != nil {
+		return r
+	}
+	r = l.takeRcpt(ctx, rdb, res, lim)
+	l.rcptDone(ctx, rdb, res, false, lim)
+	l.release(ctx, rdb, res, false, lim)
+	return r
+}
+
+func (l *mailLimiter) countRcpt(ctx context.Context, rdb redis.UniversalClient, ip netip.Addr, lim *config.Limits) {
+	res, r, _ := l.reserveMail(ctx, rdb, ip, "", lim)
+	if r != nil {
+		return
+	}
+	if l.takeRcpt(ctx, rdb, res, lim) == nil {
+		l.rcptDone(ctx, rdb, res, true, lim)
+	}
+	l.release(ctx, rdb, res, false, lim)
 }

@@ -88,8 +88,9 @@ type txn struct {
 	refusedBy    *policies.Decision // the decision that refused the last recipient, for the event
 	up           *upstreamConn      // open during RCPT when the route verifies recipients
 	bdat         *bdatState
-	last         *Reply // the last refusal, for the event of a transaction that never got a recipient
-	limited      string // the rate limit that refused a recipient, for the event's moat.reason
+	last         *Reply       // the last refusal, for the event of a transaction that never got a recipient
+	limited      string       // the rate limit that refused a recipient, for the event's moat.reason
+	rates        *reservation // the rate-limit tokens this transaction holds
 }
 
 type refusal struct {
@@ -462,13 +463,15 @@ func (s *session) cmdMail(ctx context.Context, arg string) {
 	s.ntx++
 	t.n = s.ntx
 	if !s.unfiltered() {
-		if r, why := s.srv.mailLimits.checkMail(ctx, s.rt.Redis, s.remote.Addr(), from.String(), &s.cfg().SMTP.Limits); r != nil {
+		res, r, why := s.srv.mailLimits.reserveMail(ctx, s.rt.Redis, s.remote.Addr(), from.String(), &s.cfg().SMTP.Limits)
+		if r != nil {
 			ev := s.newEvent(t)
 			ev.outcome, ev.action, ev.reply, ev.reason = "failure", actionOf(r), r.String(), why
 			s.srv.logTransaction(ev)
 			s.send(r)
 			return
 		}
+		t.rates = res
 	}
 	s.tx = t
 	s.prefetch(ctx, from.String()) // lists of HELO names and sender domains
@@ -501,6 +504,9 @@ func (s *session) cmdRcpt(ctx context.Context, arg string) {
 		return
 	}
 	r := s.acceptRcpt(ctx, t, addr)
+	if t.rates != nil {
+		s.srv.mailLimits.rcptDone(ctx, s.rt.Redis, t.rates, r.Positive(), &s.cfg().SMTP.Limits)
+	}
 	if !r.Positive() {
 		t.refused = append(t.refused, refusal{Address: addr.String(), Reply: r.String()})
 		t.last = r
@@ -518,8 +524,8 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	if len(t.rcpts) >= s.cfg().SMTP.MaxRecipients {
 		return replyTooManyRcpts
 	}
-	if !s.unfiltered() {
-		if r := s.srv.mailLimits.checkRcpt(ctx, s.rt.Redis, s.remote.Addr(), &s.cfg().SMTP.Limits); r != nil {
+	if t.rates != nil {
+		if r := s.srv.mailLimits.takeRcpt(ctx, s.rt.Redis, t.rates, &s.cfg().SMTP.Limits); r != nil {
 			t.limited = "rate_limit: recipients_per_network"
 			return r
 		}
@@ -600,9 +606,6 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	}
 	t.dest, t.route, t.policy = dest, route, pol
 	t.rcpts = append(t.rcpts, addr)
-	if !s.unfiltered() {
-		s.srv.mailLimits.countRcpt(ctx, s.rt.Redis, s.remote.Addr(), &s.cfg().SMTP.Limits)
-	}
 	return reply(250, "2.1.5", "Ok")
 }
 
@@ -969,6 +972,8 @@ func (s *session) abortTx(why string) {
 		return
 	}
 	s.tx = nil
+	// Nothing accepted: the rate-limit tokens go back.
+	s.srv.mailLimits.release(context.Background(), s.rt.Redis, t.rates, false, &s.cfg().SMTP.Limits)
 	if t.up != nil {
 		u := t.up
 		t.up = nil
