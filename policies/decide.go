@@ -181,20 +181,21 @@ func (p *Policy) byScore(score float64, final bool) verdict {
 	if !final {
 		ths = ths[:1]
 	}
-	lowest := ""
-	for _, t := range ths {
+	lowest := -1 // the last threshold set: the reason of an accept names it
+	for i, t := range ths {
 		if t.v == nil {
 			continue
 		}
 		if score >= *t.v {
 			return verdict{action: t.action, reason: fmt.Sprintf("score %s ≥ %s %s", formatScore(score), t.action, formatScore(*t.v))}
 		}
-		lowest = fmt.Sprintf("score %s < %s %s", formatScore(score), t.action, formatScore(*t.v))
+		lowest = i
 	}
-	if lowest == "" {
-		lowest = fmt.Sprintf("score %s, no threshold set", formatScore(score))
+	if lowest < 0 {
+		return verdict{action: Accept, reason: fmt.Sprintf("score %s, no threshold set", formatScore(score))}
 	}
-	return verdict{action: Accept, reason: lowest}
+	t := ths[lowest]
+	return verdict{action: Accept, reason: fmt.Sprintf("score %s < %s %s", formatScore(score), t.action, formatScore(*t.v))}
 }
 
 // reply is the SMTP reply for a reject or tempfail verdict.

@@ -62,7 +62,7 @@ func (ev *txnEvent) fields() []zap.Field {
 		zap.Strings("email.to.address", to),
 		zap.String("email.message_id", ev.messageID),
 		zap.Int64("moat.size", ev.size),
-		zap.Any("moat.checks", ev.checks),
+		zap.Object("moat.checks", checksObject(ev.checks)),
 		zap.Float64("moat.score", ev.score),
 		zap.String("moat.policy", ev.policy),
 		zap.String("moat.action", ev.action),

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"moat/filters"
@@ -41,21 +42,29 @@ func (r *Reply) Wire() string {
 		}
 		return b.String()
 	}
-	lines := strings.Split(r.Text, "\n")
-	for i, l := range lines {
-		sep := "-"
-		if i == len(lines)-1 {
-			sep = " "
+	// Sent for every command: built without fmt or a split of the text.
+	b.Grow(len(r.Text) + len(r.Enhanced) + 8)
+	text := r.Text
+	for {
+		l, rest, more := strings.Cut(text, "\n")
+		var code [8]byte
+		b.Write(strconv.AppendInt(code[:0], int64(r.Code), 10))
+		if more {
+			b.WriteByte('-')
+		} else {
+			b.WriteByte(' ')
 		}
-		fmt.Fprintf(&b, "%d%s", r.Code, sep)
 		if r.Enhanced != "" {
 			b.WriteString(r.Enhanced)
 			b.WriteByte(' ')
 		}
 		b.WriteString(strings.TrimRight(l, "\r"))
 		b.WriteString("\r\n")
+		if !more {
+			return b.String()
+		}
+		text = rest
 	}
-	return b.String()
 }
 
 // String renders the reply on one line for logs: lines joined with " / ".

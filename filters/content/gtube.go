@@ -84,13 +84,14 @@ var errStop = errors.New("stop")
 // decoded: a multipart or attached message, or an encoded body.
 func isMIME(header []byte) bool {
 	for _, f := range parseFields(header) {
-		v := strings.ToLower(f.value)
 		switch {
 		case strings.EqualFold(f.name, "Content-Type"):
+			v := strings.ToLower(f.value)
 			if strings.HasPrefix(v, "multipart/") || strings.HasPrefix(v, "message/") {
 				return true
 			}
 		case strings.EqualFold(f.name, "Content-Transfer-Encoding"):
+			v := strings.ToLower(f.value)
 			if strings.Contains(v, "base64") || strings.Contains(v, "quoted-printable") {
 				return true
 			}
