@@ -70,8 +70,7 @@ checks:
 	sendTo(t, ts, "a@example.net", "watch@example.com", "250").cmd("QUIT", "221")
 	evs := waitEvents(t, logs, 4)
 	gl := func(i int) map[string]any {
-		checks, _ := evs[i]["moat.checks"].(map[string]map[string]any)
-		return checks["greylist"]
+		return checkEntry(evs[i], "greylist")
 	}
 	if g := gl(0); g["result"] != "new" || !strings.HasPrefix(g["key"].(string), "t|127.0.0.0/24|a@example.net|b@example.com") {
 		t.Errorf("first sight: %v", evs[0])
@@ -97,7 +96,7 @@ func TestGreylistFailsOpenOnStoreError(t *testing.T) {
 	c.send(stuffed + ".\r\n")
 	c.expect("250 ")
 	ev := waitEvents(t, logs, 1)[0]
-	g := ev["moat.checks"].(map[string]map[string]any)["greylist"]
+	g := checkEntry(ev, "greylist")
 	if g["result"] != "temperror" || !strings.Contains(g["reason"].(string), "failing open") {
 		t.Errorf("event %v", ev)
 	}
@@ -113,11 +112,18 @@ func TestGreylistAfterData(t *testing.T) {
 	c.send(stuffed + ".\r\n")
 	c.expect("451 4.7.1 Greylisted, try again later")
 	ev := waitEvents(t, logs, 1)[0]
-	g := ev["moat.checks"].(map[string]map[string]any)["greylist"]
+	g := checkEntry(ev, "greylist")
 	if g["result"] != "new" || strings.Count(g["key"].(string), "|") != 4 {
 		t.Errorf("greylist entry %v: want a key with the body hash", g)
 	}
 	if len(sink.Transactions()) != 0 {
 		t.Error("a greylisted message went upstream")
 	}
+}
+
+// checkEntry is one check's entry of an observed event's moat.checks.
+func checkEntry(ev map[string]any, check string) map[string]any {
+	checks, _ := ev["moat.checks"].(map[string]any)
+	entry, _ := checks[check].(map[string]any)
+	return entry
 }
