@@ -65,7 +65,7 @@ func (p *Policy) Decide(results []filters.Result, final bool) Decision {
 			continue
 		}
 		rl := p.rule(r.Check, r.Value)
-		if a, err := ParseAction(r.Action); err == nil && a.severity() > rl.action.severity() {
+		if a, err := ParseAction(r.Action); r.Action != "" && err == nil && a.severity() > rl.action.severity() {
 			rl.action = a // the check's own choice (a header rule's action:)
 		}
 		if hr := p.honorDMARC(r, &rl); hr != nil && r.Reply == nil {
