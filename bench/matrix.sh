@@ -19,9 +19,10 @@
 # for 100 KB messages) and loadgen's per-message timeout. Each cell is the
 # median of REPS (3) runs, the cases interleaved (a, b, c, a, b, c, ...) so
 # that a noisy moment of the machine hits them alike.
+# shellcheck disable=SC2154,SC2119 # start_moat sets moat_b, moat_c; bench_tools, bench_build need no arguments here
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib.sh
+. bench/lib.sh
 
 MSGS=${MSGS:-2000}
 REPS=${REPS:-3}
@@ -34,138 +35,33 @@ MOAT_C_PORT=$((BASE_PORT + 2))
 DNS_PORT=$((BASE_PORT + 3))
 ADMIN_B_PORT=$((BASE_PORT + 4))
 ADMIN_C_PORT=$((BASE_PORT + 5))
-FROM=sender@bench.example
-RCPT=rcpt@example.com
 
-ensure_go
-if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null; then
-	# Only the load tools are wanted: no mail system is configured or started.
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	apt_install postfix
-fi
-command -v jq >/dev/null || apt_install jq
+bench_tools
+bench_init
+bench_build
+start_dns $DNS_PORT
+start_sink $SINK_PORT
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	[[ -n ${KEEP:-} ]] && { log "kept $work"; return; }
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-log "building moat, loadgen, benchdns"
-go build -o "$work/moat" ./cmd/moat
-go build -o "$work/loadgen" ./bench/cmd/loadgen
-go build -o "$work/benchdns" ./bench/cmd/benchdns
-"$work/loadgen" -genkey "$work"
-
-"$work/benchdns" -addr 127.0.0.1:$DNS_PORT -domain bench.example -selector bench -dkim-txt "$work/dkim.txt" 2>"$work/dns.err" &
-pids+=($!)
-# -u nobody: smtp-sink refuses to keep root privileges. Backlog 1024.
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 1024 >/dev/null 2>&1 &
-pids+=($!)
-
-# moat_config NAME PORT ADMIN_PORT POLICY_GLOB: one gateway's config. The
-# connection limits are off: every session comes from 127.0.0.1.
-moat_config() {
-	mkdir -p "$work/$1"
-	cat >"$work/$1/moat.yaml" <<YAML
-hostname: bench.moat.test
-data_dir: $work/$1/data
-smtp:
-  listeners: [ { addr: "127.0.0.1:$2", mode: mx } ]
-  trusted_networks: [ 192.0.2.0/24 ]   # loopback is not trusted: the full pipeline runs
-  max_message_size: 25MiB
-  limits: { connections: 5000, connections_per_ip: 0, connection_rate_per_ip: "0", errors_per_session: 10 }
-routes:
-  example.com: { upstream: "127.0.0.1:$SINK_PORT" }
-dns: { servers: ["127.0.0.1:$DNS_PORT"], timeout: 2s }   # the bench DNS, never /etc/resolv.conf
-greylist: { store: bolt }
-policies: [ "$4" ]
-log: { format: json, output: $work/$1/events.log }
-admin: { addr: "127.0.0.1:$3" }
-YAML
-}
-
-# (b): no checks at all (gtube off too).
-cat >"$work/none.yaml" <<'YAML'
-policy: default
-checks: { gtube: false }
-actions: { tag: 5, quarantine: 8, reject: 12 }
-YAML
-# (c): every check of the issue on; none of them fails for the bench traffic.
-cat >"$work/checks.yaml" <<'YAML'
-policy: default
-checks:
-  dnsbl:
-    zones:
-      - { zone: bl1.bench.test, score: 6, match: ["127.0.0.2-127.0.0.11"] }
-      - { zone: bl2.bench.test, score: 3 }
-      - { zone: bl3.bench.test, score: 3 }
-  spf:   { fail: 5, softfail: 2, temperror: tempfail }
-  dkim:  { fail: 3, none: 1 }
-  dmarc: { honor_policy: true }
-  greylist: { enabled: true, delay: 5m, retry_window: 2d, lifetime: 36d, auto_allow_after: 5, min_score: 0 }
-  size: { max: 25MiB }
-  headers: [ { header: Subject, match: "(?i)\\bviagra\\b", score: 4 } ]
-actions: { tag: 5, quarantine: 8, reject: 12 }
-YAML
+# (b): no checks at all; (c): every check of the issue on, none of them
+# failing for the bench traffic (bench/lib.sh has both policies).
+policy_none "$work/none.yaml"
+policy_checks "$work/checks.yaml"
 moat_config b $MOAT_B_PORT $ADMIN_B_PORT "$work/none.yaml"
 moat_config c $MOAT_C_PORT $ADMIN_C_PORT "$work/checks.yaml"
-mkdir -p "$work/c/data"
-# The one triplet of the load passed greylisting already (before moat
-# starts, the command opens the store itself).
-"$work/moat" greylist allow --config "$work/c/moat.yaml" --triplet "127.0.0.1,$FROM,$RCPT" >/dev/null
-
-"$work/moat" serve --config "$work/b/moat.yaml" 2>"$work/b/moat.err" &
-moat_b=$!
-pids+=($moat_b)
-"$work/moat" serve --config "$work/c/moat.yaml" 2>"$work/c/moat.err" &
-moat_c=$!
-pids+=($moat_c)
-
-wait_port() {
-	for _ in $(seq 1 200); do
-		(exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
-		sleep 0.05
-	done
-	echo "port $1 did not open" >&2
-	cat "$work"/*/moat.err >&2 || true
-	exit 1
-}
+# The one triplet of the load passed greylisting already.
+allow_bench_triplet c
+start_moat moat_b b
+start_moat moat_c c
 for p in $SINK_PORT $MOAT_B_PORT $MOAT_C_PORT; do wait_port $p; done
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-calc() { awk "BEGIN{print $*}"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-sum() { printf '%s\n' "$@" | awk '{s+=$1} END{print s+0}'; }
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
-
-# loadgen PORT N SESS SIZE -> its result line
-loadgen() {
-	"$work/loadgen" -addr "127.0.0.1:$1" -n "$2" -c "$3" -size "$4" -from "$FROM" -to "$RCPT" \
-		-key "$work/dkim.pem" -selector bench -timeout 30s 2>>"$work/loadgen.err"
-}
-
 # A check that case (c) really passes every check: one message, then its event.
-loadgen $MOAT_C_PORT 1 1 1024 >/dev/null
-sleep 0.2
-if ! grep -q '"moat.action":"accept"' "$work/c/events.log"; then
-	echo "case (c) did not accept the probe message:" >&2
-	tail -n 3 "$work/c/events.log" >&2
-	exit 1
-fi
-probe=$(grep '"moat.action"' "$work/c/events.log" | tail -n 1)
+probe=$(probe_accept $MOAT_C_PORT c)
 
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo "# moat benchmark matrix"
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr), $(go version | cut -d' ' -f3)"
-echo "- moat: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty'); messages per case: $MSGS (half for 100 KB), one connection per message, DKIM-signed (RSA-2048)"
+machine_line
+echo "- moat: $(moat_rev); messages per case: $MSGS (half for 100 KB), one connection per message, DKIM-signed (RSA-2048)"
 echo
 echo "The smtp-source rows compare with each other: the ratio of smtp-source → (b) is to smtp-source → sink;"
 echo "the ratio of smtp-source → sink is to (a). Rows (a), (b), (c) are loadgen's, their ratios to (a)."
