@@ -9,6 +9,7 @@
 #
 # Read the profiles further with `go tool pprof OUT/moat OUT/cpu.pprof`.
 # Loopback only; the load is bounded by MSGS messages.
+# shellcheck disable=SC2154 # start_moat sets moat_pid
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -25,16 +26,17 @@ TOP=${TOP:-25}
 
 bench_tools curl
 bench_init
+# shellcheck disable=SC2119 # no extra packages to build
 bench_build
-start_dns $DNS_PORT
-start_sink $SINK_PORT
+start_dns "$DNS_PORT"
+start_sink "$SINK_PORT"
 policy_checks "$work/checks.yaml"
 moat_config c $MOAT_PORT $ADMIN_PORT "$work/checks.yaml"
 sed -i "s/^admin: { addr: \"127.0.0.1:$ADMIN_PORT\" }/admin: { addr: \"127.0.0.1:$ADMIN_PORT\", pprof: true }/" "$work/c/moat.yaml"
 allow_bench_triplet c
 # shellcheck disable=SC2086 # MOAT_ENV is a list of VAR=VALUE words
 start_moat moat_pid c ${MOAT_ENV:-}
-for p in $SINK_PORT $MOAT_PORT $ADMIN_PORT; do wait_port $p; done
+for p in $SINK_PORT $MOAT_PORT $ADMIN_PORT; do wait_port "$p"; done
 probe_accept $MOAT_PORT c >/dev/null
 loadgen $MOAT_PORT $((SESSIONS * 20)) "$SESSIONS" "$SIZE" >/dev/null # warm-up
 
