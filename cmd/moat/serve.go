@@ -93,6 +93,7 @@ func printProblems(w io.Writer, errs yamlx.Errors) {
 }
 
 func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
+	gogc, memLimit := tuneGC()
 	rt, problems := load(path)
 	printProblems(stderr, problems)
 	if rt == nil {
@@ -198,7 +199,8 @@ func serve(ctx context.Context, path string, stdout, stderr io.Writer) int {
 	log.Event("moat.started", zap.String("service.version", versionString()), zap.Strings("moat.smtp_listeners", addrs),
 		zap.Strings("moat.pop3_listeners", mail.addrs("pop3")), zap.Strings("moat.imap_listeners", mail.addrs("imap")),
 		zap.String("moat.admin", cfg.Admin.Addr),
-		zap.String("moat.config", configName(path)), zap.String("moat.data_dir", cfg.DataDir))
+		zap.String("moat.config", configName(path)), zap.String("moat.data_dir", cfg.DataDir),
+		zap.String("moat.gogc", gogc), zap.String("moat.memory_limit", memLimit))
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
