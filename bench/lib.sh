@@ -118,6 +118,12 @@ YAML
 	[[ -z ${7:-} ]] || printf '%s\n' "$7" >>"$work/$1/moat.yaml"
 }
 
+# moat_pprof NAME: gateway NAME's admin listener serves /debug/pprof/.
+moat_pprof() {
+	sed -i 's/^admin: { addr: \("[^"]*"\) }$/admin: { addr: \1, pprof: true }/' "$work/$1/moat.yaml"
+	grep -q 'pprof: true' "$work/$1/moat.yaml" || die "moat_pprof: no admin line in $work/$1/moat.yaml"
+}
+
 # policy_none FILE: case (b), no checks at all (gtube off too).
 policy_none() {
 	cat >"$1" <<'YAML'

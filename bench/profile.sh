@@ -32,7 +32,7 @@ start_dns "$DNS_PORT"
 start_sink "$SINK_PORT"
 policy_checks "$work/checks.yaml"
 moat_config c $MOAT_PORT $ADMIN_PORT "$work/checks.yaml"
-sed -i "s/^admin: { addr: \"127.0.0.1:$ADMIN_PORT\" }/admin: { addr: \"127.0.0.1:$ADMIN_PORT\", pprof: true }/" "$work/c/moat.yaml"
+moat_pprof c
 allow_bench_triplet c
 # shellcheck disable=SC2086 # MOAT_ENV is a list of VAR=VALUE words
 start_moat moat_pid c ${MOAT_ENV:-}

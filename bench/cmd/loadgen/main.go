@@ -7,12 +7,29 @@
 //	sent=2000 ok=2000 failed=0 secs=1.234 rate=1621.0 p50_ms=11.2 p90_ms=15.0 p99_ms=20.1 max_ms=31.0
 //
 // The latency of a message is from connect to the reply to its data.
+//
+// With -rate R it runs open-loop instead: message i is due at i/R seconds
+// from the start (-poisson: Poisson arrivals of mean rate R, from -seed),
+// each still on a connection of its own, at most -c in flight; a message
+// that finds -c in flight waits, and its latency counts from its due time
+// to the reply to its data, so the waiting is in the figures. The line
+// adds p999_ms and late (messages that started more than 1 ms after their
+// due time):
+//
+//	sent=5000 ok=5000 failed=0 secs=10.004 rate=499.8 p50_ms=2.1 p90_ms=2.9 p99_ms=4.8 p999_ms=9.7 max_ms=12.0 late=3
+//
+// With -idle N it opens N connections, -c at a time, reads each greeting
+// (-idle-ehlo: and the reply to an EHLO), prints "idle open=N failed=0 ehlo=false
+// secs=…", holds them until its stdin ends (or -hold passes), prints
+// "idle held=… still_open=N" (those the server did not close) and exits.
+//
 // With -genkey DIR it instead writes a DKIM key pair (DIR/dkim.pem and the
 // DNS record text DIR/dkim.txt, for benchdns) and exits.
 package main
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -23,13 +40,16 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -48,6 +68,12 @@ func main() {
 	selector := flag.String("selector", "bench", "DKIM selector")
 	timeout := flag.Duration("timeout", 30*time.Second, "deadline of one message, connect to QUIT")
 	genkey := flag.String("genkey", "", "write a DKIM key pair into this directory and exit")
+	rate := flag.Float64("rate", 0, "open loop: messages per second, each due at its own time (0: closed loop, -c sessions as fast as they go)")
+	poisson := flag.Bool("poisson", false, "open loop: Poisson arrivals (exponential gaps from -seed) instead of even spacing")
+	seed := flag.Uint64("seed", 1, "open loop: seed of the -poisson arrivals")
+	idle := flag.Int("idle", 0, "open this many idle connections, hold them until stdin ends, and exit")
+	idleEHLO := flag.Bool("idle-ehlo", false, "with -idle: send EHLO on each connection before leaving it idle")
+	hold := flag.Duration("hold", 10*time.Minute, "with -idle: the longest the connections are held")
 	flag.Parse()
 	if *genkey != "" {
 		if err := genKey(*genkey); err != nil {
@@ -55,8 +81,22 @@ func main() {
 		}
 		return
 	}
-	if *n <= 0 || *c <= 0 {
-		log.Fatal("loadgen: -n and -c must be positive")
+	if *c <= 0 {
+		log.Fatal("loadgen: -c must be positive")
+	}
+	if *idle > 0 {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := runIdle(ctx, *addr, *idle, *c, *idleEHLO, *helo, *timeout, *hold); err != nil {
+			log.Fatalf("loadgen: %v", err)
+		}
+		return
+	}
+	if *n <= 0 {
+		log.Fatal("loadgen: -n must be positive")
+	}
+	if *rate < 0 || math.IsInf(*rate, 0) || math.IsNaN(*rate) {
+		log.Fatal("loadgen: -rate must be 0 (closed loop) or a positive number of messages per second")
 	}
 	var signer crypto.Signer
 	if *keyFile != "" {
@@ -78,6 +118,20 @@ func main() {
 		msgs[i] = m
 	}
 
+	msg := func(i int) []byte { return msgs[i%len(msgs)] }
+	if *rate > 0 {
+		out, took := openLoop(schedule(*n, *rate, *poisson, *seed), *c, func(i int) error {
+			return send(*addr, *helo, *from, *to, msg(i), *timeout)
+		})
+		s := summarize(out)
+		printErrors(out)
+		ms := func(q float64) float64 { return float64(quantile(s.lat, q).Microseconds()) / 1000 }
+		secs := took.Seconds()
+		fmt.Printf("sent=%d ok=%d failed=%d secs=%.3f rate=%.1f p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f p999_ms=%.2f max_ms=%.2f late=%d\n",
+			*n, s.ok, s.failed, secs, float64(s.ok)/secs, ms(0.50), ms(0.90), ms(0.99), ms(0.999), ms(1), s.late)
+		return
+	}
+
 	var next atomic.Int64
 	lat := make([][]time.Duration, *c)
 	var failed atomic.Int64
@@ -95,7 +149,7 @@ func main() {
 					return
 				}
 				t0 := time.Now()
-				err := send(*addr, *helo, *from, *to, msgs[i%int64(len(msgs))], *timeout)
+				err := send(*addr, *helo, *from, *to, msg(int(i)), *timeout)
 				if err != nil {
 					failed.Add(1)
 					errMu.Lock()
@@ -114,14 +168,23 @@ func main() {
 	for e, k := range errSeen {
 		fmt.Fprintf(os.Stderr, "loadgen: %d× %s\n", k, e)
 	}
-	ms := func(q float64) float64 {
-		if len(all) == 0 {
-			return 0
-		}
-		return float64(all[min(len(all)-1, int(q*float64(len(all))))].Microseconds()) / 1000
-	}
+	ms := func(q float64) float64 { return float64(quantile(all, q).Microseconds()) / 1000 }
 	fmt.Printf("sent=%d ok=%d failed=%d secs=%.3f rate=%.1f p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f max_ms=%.2f\n",
 		*n, len(all), failed.Load(), secs, float64(len(all))/secs, ms(0.50), ms(0.90), ms(0.99), ms(1))
+}
+
+// printErrors writes to stderr how often each error of an open-loop run
+// happened.
+func printErrors(out []outcome) {
+	seen := map[string]int{}
+	for _, o := range out {
+		if o.err != nil {
+			seen[o.err.Error()]++
+		}
+	}
+	for e, k := range seen {
+		fmt.Fprintf(os.Stderr, "loadgen: %d× %s\n", k, e)
+	}
 }
 
 // send delivers one message on a connection of its own.
