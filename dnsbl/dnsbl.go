@@ -134,6 +134,20 @@ type lookuper interface {
 	LookupA(ctx context.Context, name string) ([]netip.Addr, error)
 }
 
+// cacheLookuper answers from its cache alone (resolver.Resolver):
+// cached answers need no goroutine.
+type cacheLookuper interface {
+	CachedA(name string) (addrs []netip.Addr, cached bool, err error)
+}
+
+// cachedA is r's cached answer for name, if r has a cache and it holds one.
+func cachedA(r filters.Resolver, name string) ([]netip.Addr, bool, error) {
+	if c, ok := r.(cacheLookuper); ok {
+		return c.CachedA(name)
+	}
+	return nil, false, nil
+}
+
 func lookupA(ctx context.Context, r filters.Resolver, name string) ([]netip.Addr, error) {
 	if l, ok := r.(lookuper); ok {
 		return l.LookupA(ctx, name)
@@ -156,7 +170,9 @@ func (c *Check) Prefetch(ctx context.Context, t *filters.Txn) {
 	}
 	for _, z := range c.zones {
 		if name, _ := query(z, t); name != "" {
-			go lookupA(ctx, t.DNS, name)
+			if _, cached, _ := cachedA(t.DNS, name); !cached {
+				go lookupA(ctx, t.DNS, name)
+			}
 		}
 	}
 }
@@ -182,6 +198,12 @@ func (c *Check) Run(ctx context.Context, _ filters.Stage, t *filters.Txn) (filte
 		name, subject := query(z, t)
 		answers[i] = answer{zone: z, subject: subject}
 		if name == "" {
+			continue
+		}
+		// Cached answers (Prefetch asked at MAIL) are read here; only
+		// the others are asked, in parallel.
+		if addrs, cached, err := cachedA(t.DNS, name); cached {
+			answers[i].addrs, answers[i].err = addrs, err
 			continue
 		}
 		wg.Add(1)

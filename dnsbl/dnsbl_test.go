@@ -9,6 +9,7 @@ import (
 
 	"moat/filters"
 	"moat/internal/dnstest"
+	"moat/resolver"
 )
 
 func TestReverseName(t *testing.T) {
@@ -43,6 +44,21 @@ func TestCheck(t *testing.T) {
 		{Zone: "dbl.test", Score: 1, Lookup: LookupHELO},
 	}
 	c := NewCheck(zones)
+	// moat's resolver twice: the second pass answers from its cache,
+	// without a goroutine per zone.
+	cache, err := resolver.New(resolver.Config{Servers: []string{dns.Addr}, Timeout: time.Second, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range []struct {
+		name string
+		r    filters.Resolver
+	}{{"net.Resolver", dns.Resolver()}, {"moat resolver", cache}, {"moat resolver, cached", cache}} {
+		t.Run(res.name, func(t *testing.T) { checkCases(t, c, res.r) })
+	}
+}
+
+func checkCases(t *testing.T, c *Check, dnsr filters.Resolver) {
 	for _, tc := range []struct {
 		name, ip, helo, from string
 		value                string
@@ -61,7 +77,7 @@ func TestCheck(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			txn := &filters.Txn{ClientIP: netip.MustParseAddr(tc.ip), Helo: tc.helo, From: tc.from, DNS: dns.Resolver()}
+			txn := &filters.Txn{ClientIP: netip.MustParseAddr(tc.ip), Helo: tc.helo, From: tc.from, DNS: dnsr}
 			r, ok := c.Run(ctx, filters.StageMail, txn)
 			if !ok {
 				t.Fatal("no result")

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"moat/filters"
+	"moat/metrics"
 )
 
 // Defaults for the zero values of Config.
@@ -295,6 +296,27 @@ func (r *Resolver) LookupA(ctx context.Context, name string) ([]netip.Addr, erro
 		return nil, err
 	}
 	return slices.Clone(e.addrs), nil
+}
+
+// CachedA is LookupA answered from the cache alone: cached is false when
+// name's A records are not in the cache (nothing is sent). A DNSBL check
+// uses it to skip a goroutine per zone when the answers are already there
+// (the usual case: Prefetch asked at MAIL).
+func (r *Resolver) CachedA(name string) (addrs []netip.Addr, cached bool, err error) {
+	if !isDomainName(name) {
+		return nil, true, invalidName(name)
+	}
+	e := r.cached(key{name: dns.Fqdn(strings.ToLower(name)), qtype: dns.TypeA})
+	if e == nil {
+		return nil, false, nil
+	}
+	r.hits.Add(1)
+	metrics.DNS.CacheHit.Inc()
+	e, derr := e.result(name)
+	if derr != nil {
+		return nil, true, derr
+	}
+	return slices.Clone(e.addrs), true, nil
 }
 
 var _ filters.Resolver = (*Resolver)(nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -850,5 +851,40 @@ func TestSystemServers(t *testing.T) {
 				t.Errorf("systemServers = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestCachedA: the cache alone answers, or says it cannot; what it
+// answers is what LookupA answered, a copy, errors included.
+func TestCachedA(t *testing.T) {
+	s := dnstest.New(t, "2.0.0.127.bl.test. 300 IN A 127.0.0.2", "bl.test. 300 IN SOA ns.bl.test. h.bl.test. 1 1 1 1 300")
+	r, _ := newResolver(t, []string{s.Addr}, nil)
+	ctx := context.Background()
+	for _, name := range []string{"2.0.0.127.bl.test", "1.0.0.127.bl.test"} {
+		if _, cached, _ := r.CachedA(name); cached {
+			t.Fatalf("%s cached before any lookup", name)
+		}
+	}
+	want, err := r.LookupA(ctx, "2.0.0.127.bl.test")
+	if err != nil || len(want) != 1 {
+		t.Fatalf("LookupA: %v %v", want, err)
+	}
+	got, cached, err := r.CachedA("2.0.0.127.bl.TEST")
+	if !cached || err != nil || !slices.Equal(got, want) {
+		t.Fatalf("CachedA after LookupA: %v %v %v", got, cached, err)
+	}
+	got[0] = netip.MustParseAddr("192.0.2.1")
+	if again, _, _ := r.CachedA("2.0.0.127.bl.test"); again[0] != want[0] {
+		t.Error("CachedA handed out the cache's own slice")
+	}
+	if _, err := r.LookupA(ctx, "1.0.0.127.bl.test"); err == nil {
+		t.Fatal("LookupA of an unlisted name: no error")
+	}
+	var de *net.DNSError
+	if _, cached, err := r.CachedA("1.0.0.127.bl.test"); !cached || !errors.As(err, &de) || !de.IsNotFound {
+		t.Errorf("CachedA of a cached NXDOMAIN: cached %v, %v", cached, err)
+	}
+	if _, cached, err := r.CachedA("bad..name"); !cached || err == nil {
+		t.Errorf("CachedA of an invalid name: cached %v, %v", cached, err)
 	}
 }
