@@ -198,6 +198,28 @@ func (p *Policy) byScore(score float64, final bool) verdict {
 	return verdict{action: Accept, reason: fmt.Sprintf("score %s < %s %s", formatScore(score), t.action, formatScore(*t.v))}
 }
 
+// otherClass is reply code c moved between 4xx and 5xx where both
+// codes mean the same thing in RFC 5321 (450/550 mailbox unavailable,
+// 452/552 storage), else fallback.
+func otherClass(c, fallback int) int {
+	switch c {
+	case 450, 452:
+		return c + 100
+	case 550, 552:
+		return c - 100
+	}
+	return fallback
+}
+
+// withClass is the enhanced status code e (RFC 3463 "c.s.d") in class c;
+// empty stays empty.
+func withClass(e string, c byte) string {
+	if len(e) < 2 || e[1] != '.' {
+		return e
+	}
+	return string(c) + e[1:]
+}
+
 // reply is the SMTP reply for a reject or tempfail verdict.
 func reply(v verdict) *filters.Reply {
 	switch v.action {
@@ -207,6 +229,17 @@ func reply(v verdict) *filters.Reply {
 	}
 	if v.reply != nil {
 		r := *v.reply
+		// A check's own reply keeps its code and text, in the class the
+		// action asks for: the size check's 552 5.3.4 under
+		// `action: tempfail` is 452 4.3.4, a 4xx under reject a 5xx.
+		switch {
+		case v.action == Tempfail && r.Code >= 500 && r.Code < 600:
+			r.Code = otherClass(r.Code, 451)
+			r.Enhanced = withClass(r.Enhanced, '4')
+		case v.action == Reject && r.Code >= 400 && r.Code < 500:
+			r.Code = otherClass(r.Code, 550)
+			r.Enhanced = withClass(r.Enhanced, '5')
+		}
 		return &r
 	}
 	text := v.reason

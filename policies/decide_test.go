@@ -344,3 +344,35 @@ func TestHonorDMARCPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestDecideReplyClass: a check's own reply follows the action's class:
+// the size check's 552 under `action: tempfail` is 452 4.3.4 (the event
+// said tempfail while the client heard a permanent refusal), a 4xx under
+// reject becomes 5xx; the text stays.
+func TestDecideReplyClass(t *testing.T) {
+	set := compile(t, "policy: default\nchecks:\n  size: { max: 1KiB, action: tempfail }\n  spf: { fail: reject, temperror: tempfail }\n")
+	p := set.Default()
+	for _, tc := range []struct {
+		name   string
+		result filters.Result
+		want   filters.Reply
+	}{
+		{"size fail, action tempfail", filters.Result{Check: "size", Value: filters.Fail,
+			Reply: &filters.Reply{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed limit"}},
+			filters.Reply{Code: 452, Enhanced: "4.3.4", Text: "Message size exceeds fixed limit"}},
+		{"a 4xx reply under reject", filters.Result{Check: "spf", Value: filters.Fail,
+			Reply: &filters.Reply{Code: 451, Enhanced: "4.7.1", Text: "try later"}},
+			filters.Reply{Code: 550, Enhanced: "5.7.1", Text: "try later"}},
+		{"554 under tempfail", filters.Result{Check: "spf", Value: filters.TempError,
+			Reply: &filters.Reply{Code: 554, Enhanced: "5.7.1", Text: "no"}},
+			filters.Reply{Code: 451, Enhanced: "4.7.1", Text: "no"}},
+		{"no enhanced code", filters.Result{Check: "size", Value: filters.Fail,
+			Reply: &filters.Reply{Code: 552, Text: "too big"}},
+			filters.Reply{Code: 452, Text: "too big"}},
+	} {
+		d := p.Decide([]filters.Result{tc.result}, true)
+		if d.Reply == nil || *d.Reply != tc.want {
+			t.Errorf("%s: %s reply %+v, want %+v", tc.name, d.Action, d.Reply, tc.want)
+		}
+	}
+}

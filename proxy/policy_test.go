@@ -235,3 +235,23 @@ func TestImplicitTLSListener(t *testing.T) {
 		t.Errorf("Received header lacks TLS details:\n%s", txs[0].Message)
 	}
 }
+
+// TestSizeTempfail: `size: { action: tempfail }` answers a temporary
+// refusal, as its event says (it answered 552 5.3.4 while the event
+// said tempfail).
+func TestSizeTempfail(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts, logs := startObserved(t, routeTo(sink.Addr(), ""), "policy: default\nchecks:\n  size: { max: 100, action: tempfail }\n")
+	c := sendTo(t, ts, "a@example.net", "b@example.com", "250")
+	c.cmd("DATA", "354")
+	c.send("Subject: big\r\n\r\n" + strings.Repeat("x", 300) + "\r\n.\r\n")
+	c.expect("452 4.3.4 Message size exceeds fixed limit")
+	c.cmd("QUIT", "221")
+	ev := waitEvents(t, logs, 1)[0]
+	if ev["moat.action"] != "tempfail" || ev["moat.reply"] != "452 4.3.4 Message size exceeds fixed limit" {
+		t.Errorf("event action %v, reply %v", ev["moat.action"], ev["moat.reply"])
+	}
+	if n := len(sink.Transactions()); n != 0 {
+		t.Errorf("%d messages reached the sink", n)
+	}
+}
