@@ -8,67 +8,31 @@
 #
 # Defaults: 20000 messages of 10240 bytes over 20 concurrent sessions, one
 # connection per message (smtp-source's default).
+# shellcheck disable=SC2154 # start_moat sets moat_pid
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib.sh
+. bench/lib.sh
 
 MSGS=${1:-20000}
 SESS=${2:-20}
 SIZE=${3:-10240}
 SINK_PORT=${SINK_PORT:-12525}
 MOAT_PORT=${MOAT_PORT:-12526}
+DNS_PORT=$((MOAT_PORT + 1))
+ADMIN_PORT=$((MOAT_PORT + 2))
 
-ensure_go
-if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null; then
-  # Only the load tools are wanted: no mail system is configured or started.
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  apt_install postfix
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-go build -o "$work/moat" ./cmd/moat
-
-# -u nobody: smtp-sink refuses to keep root privileges.
-smtp-sink -u nobody -c 127.0.0.1:$SINK_PORT 1024 >/dev/null 2>&1 &
-pids+=($!)
-
-cat >"$work/moat.yaml" <<YAML
-hostname: bench.moat.test
-data_dir: $work/data
-smtp:
-  listeners: [ { addr: "127.0.0.1:$MOAT_PORT", mode: mx } ]
-  trusted_networks: [ 192.0.2.0/24 ]   # loopback is not trusted: the full pipeline runs
-  max_message_size: 25MiB
-  # Every session comes from 127.0.0.1: the per-client limits (20 at once,
-  # 120 a minute by default) would answer 421 to most of the load.
-  limits: { connections_per_ip: 0, connection_rate_per_ip: "0" }
-routes:
-  example.com: { upstream: "127.0.0.1:$SINK_PORT" }
-dns: { servers: ["127.0.0.1:53"] }   # loopback only: no check here needs DNS
-log: { format: json, output: $work/events.log }
-YAML
-"$work/moat" serve --config "$work/moat.yaml" 2>"$work/moat.err" &
-moat_pid=$!
-pids+=($moat_pid)
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "port $1 did not open" >&2; cat "$work/moat.err" >&2; exit 1
-}
-wait_port $SINK_PORT
-wait_port $MOAT_PORT
-
-cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+bench_tools
+bench_init
+# shellcheck disable=SC2119 # no extra packages to build
+bench_build
+start_sink "$SINK_PORT"
+start_dns "$DNS_PORT"
+# Case (b) of matrix.sh: moat relaying with no checks.
+policy_none "$work/none.yaml"
+moat_config b "$MOAT_PORT" "$ADMIN_PORT" "$work/none.yaml"
+start_moat moat_pid b
+wait_port "$SINK_PORT"
+wait_port "$MOAT_PORT"
 
 # run PORT -> prints elapsed seconds
 run() {
@@ -84,13 +48,11 @@ smtp-source -s "$SESS" -l "$SIZE" -m 500 -f s@bench.example -t r@example.com 127
 smtp-source -s "$SESS" -l "$SIZE" -m 500 -f s@bench.example -t r@example.com 127.0.0.1:$MOAT_PORT
 
 direct=$(run $SINK_PORT)
-hz=$(getconf CLK_TCK)
-c0=$(cpu_ticks $moat_pid)
+c0=$(cpu_ticks "$moat_pid")
 via=$(run $MOAT_PORT)
-c1=$(cpu_ticks $moat_pid)
+c1=$(cpu_ticks "$moat_pid")
 
-accepted=$(grep -c '"moat.action":"accept"' "$work/events.log" || true)
-calc() { awk "BEGIN{print $*}"; }
+accepted=$(grep -c '"moat.action":"accept"' "$work/b/events.log" || true)
 rate_direct=$(calc "$MSGS / $direct")
 rate_moat=$(calc "$MSGS / $via")
 cpu_us=$(calc "($c1 - $c0) * 1000000 / $hz / $MSGS")
