@@ -86,8 +86,12 @@ metric() {
 	curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" |
 		awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%.0f\n", s}'
 }
-# gc: a garbage collection in moat (the heap profile with gc=1 runs one).
-gc() { curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/debug/pprof/heap?gc=1"; }
+# gc: garbage collections in moat (the heap profile with gc=1 runs one):
+# two, so that what a sync.Pool let go of at the first is freed at the second.
+gc() {
+	curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/debug/pprof/heap?gc=1"
+	curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/debug/pprof/heap?gc=1"
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 echo "# moat latency and idle memory (issue 10)"
@@ -220,7 +224,8 @@ if [[ " $PARTS " == *" idle "* ]]; then
 			done
 			opened=$(field open "$(cat "$work/idle.out")")
 			[[ -n $opened ]] || die "loadgen did not open the idle connections in 60 s"
-			sleep 1
+			# Idle: moat gives a session's read buffer back after 1 s without a command.
+			sleep 2
 			gc
 			rss1=$(rss_kib "$moat_pid")
 			open_in_moat=$(metric moat_smtp_connections)
@@ -245,7 +250,7 @@ if [[ " $PARTS " == *" idle "* ]]; then
 	echo
 	echo "## Memory per idle connection"
 	echo
-	echo "$IDLE connections held on a fresh moat (c) each time, after a warm-up; readings 1 s after the last one opened,"
+	echo "$IDLE connections held on a fresh moat (c) each time, after a warm-up; readings 2 s after the last one opened,"
 	echo "each after a forced GC (/debug/pprof/heap?gc=1). Per connection: (with them open − before) / connections,"
 	echo "median of $IDLE_REPS fresh moats. moat's open-file limit: $moat_files."
 	echo

@@ -47,13 +47,18 @@ bench_cleanup() {
 	rm -rf "$work"
 }
 
-# bench_build [GO_PACKAGE...]: moat, loadgen, benchdns and the packages
+# bench_build [GO_PACKAGE...]: moat (or a copy of $MOAT_BIN), loadgen, benchdns and the packages
 # named into $work (each binary named after its last path element), and a
 # DKIM key pair for loadgen and benchdns ($work/dkim.pem, $work/dkim.txt).
 bench_build() {
 	local p
 	log "building moat, loadgen, benchdns${*:+, ${*##*/}}"
-	go build -o "$work/moat" ./cmd/moat
+	if [[ -n ${MOAT_BIN:-} ]]; then
+		# A moat built elsewhere (another commit, to compare): MOAT_BIN=/path.
+		cp "$MOAT_BIN" "$work/moat"
+	else
+		go build -o "$work/moat" ./cmd/moat
+	fi
 	for p in ./bench/cmd/loadgen ./bench/cmd/benchdns "$@"; do
 		go build -o "$work/${p##*/}" "$p"
 	done

@@ -79,6 +79,8 @@ type Server struct {
 	limits      *connLimiter
 	mailLimits  *mailLimiter
 	sleep       func(time.Duration) // the tarpit's wait; replaced by tests
+	idleRelease atomic.Int64        // a time.Duration: see session.awaitCommand; shortened by tests
+	idleFreed   atomic.Int64        // read buffers given back by idle sessions, for tests
 }
 
 type listener struct {
@@ -105,6 +107,7 @@ func New(rt *Runtime, log *audit.Logger) (*Server, error) {
 		pool:       newPool(c.SMTP.UpstreamPool.MaxIdle, c.SMTP.UpstreamPool.IdleTimeout.D(), c.SMTP.UpstreamPool.MaxAge.D()),
 	}
 	s.rt.Store(rt)
+	s.idleRelease.Store(int64(idleRelease))
 	expectMetrics(rt)
 	s.tlsConfig = &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {

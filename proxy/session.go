@@ -40,6 +40,9 @@ type session struct {
 	dc   *deadlineConn // conn with the read deadlines of the current stage; br reads it
 	br   *bufio.Reader
 	bw   *bufio.Writer
+	// first holds the byte that woke a session which had given its read
+	// buffer back while idle (awaitCommand); br reads it before dc.
+	first firstByte
 
 	id      string
 	start   time.Time
@@ -131,7 +134,11 @@ func (s *session) serve(ctx context.Context) {
 		if !s.waitCommand() {
 			return
 		}
-		line, err := s.readLine()
+		err := s.awaitCommand()
+		var line string
+		if err == nil {
+			line, err = s.readLine()
+		}
 		s.setIdle(false)
 		if err != nil {
 			if errors.Is(err, errLineTooLong) {
@@ -193,6 +200,58 @@ func (s *session) interruptIfIdle() {
 		s.dc.interrupt()
 	}
 	s.mu.Unlock()
+}
+
+// idleRelease is how long a session waits for a command with its 16 KiB
+// read buffer; then it gives the buffer back to the pool until the client
+// sends something. Connections that sit idle (a flood of them, slow
+// senders between messages) then hold a few hundred bytes, not 16 KiB.
+const idleRelease = time.Second
+
+// awaitCommand waits up to idleRelease for the next command with the read
+// buffer, then without it, until the command deadline waitCommand set.
+// Commands that follow within idleRelease (all of a normal dialogue) cost
+// nothing more; after a longer wait, one extra read of one byte.
+func (s *session) awaitCommand() error {
+	if s.br.Buffered() > 0 {
+		return nil // pipelined: the next command is here
+	}
+	s.dc.setIdle(time.Duration(s.srv.idleRelease.Load()))
+	_, err := s.br.Peek(1)
+	s.dc.setIdle(0)
+	var ne net.Error
+	if err == nil || !errors.As(err, &ne) || !ne.Timeout() || s.dc.expired() {
+		return err // data, a real error, or the command deadline itself
+	}
+	putReader(s.br)
+	s.br = nil
+	s.srv.idleFreed.Add(1)
+	n, err := s.dc.Read(s.first.b[:])
+	if n == 0 && err == nil {
+		err = io.ErrNoProgress
+	}
+	s.first.n, s.first.r = n, s.dc
+	s.br = newReader(&s.first)
+	if n > 0 {
+		return nil // the byte is in first; an error comes again on the next read
+	}
+	return err
+}
+
+// firstByte reads its byte, then r.
+type firstByte struct {
+	b [1]byte
+	n int
+	r io.Reader
+}
+
+func (f *firstByte) Read(p []byte) (int, error) {
+	if f.n > 0 && len(p) > 0 {
+		p[0] = f.b[0]
+		f.n = 0
+		return 1, nil
+	}
+	return f.r.Read(p)
 }
 
 // readLine reads one command line, without its line end. A bare LF ends a
@@ -893,6 +952,22 @@ type deadlineConn struct {
 	interrupted bool
 }
 
+// setIdle bounds each read of the current stage to idle (0: no bound),
+// its end unchanged.
+func (d *deadlineConn) setIdle(idle time.Duration) {
+	d.mu.Lock()
+	d.idle = idle
+	d.mu.Unlock()
+}
+
+// expired reports whether the current stage's end has come (or a
+// shutdown interrupted it).
+func (d *deadlineConn) expired() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.interrupted || !time.Now().Before(d.end)
+}
+
 // set starts a stage: reads end within total, each within idle (if > 0).
 func (d *deadlineConn) set(idle, total time.Duration) {
 	d.mu.Lock()
@@ -960,7 +1035,9 @@ func (s *session) close() {
 	}
 	s.l.m.Closed(outcome)
 	s.srv.logConnection(s)
-	putReader(s.br)
+	if s.br != nil {
+		putReader(s.br)
+	}
 	putWriter(s.bw)
 }
 
