@@ -47,18 +47,9 @@ MOAT_PORT=$((BASE_PORT + 1))
 DNS_PORT=$((BASE_PORT + 2))
 ADMIN_PORT=$((BASE_PORT + 3))
 
-bench_tools curl
-bench_init
-# shellcheck disable=SC2119 # no extra packages to build
-bench_build
-start_dns "$DNS_PORT"
-start_sink "$SINK_PORT"
 # Case (c) of matrix.sh, one gateway, with admin.pprof on (only for
 # /debug/pprof/heap?gc=1, a GC before each memory reading).
-policy_checks "$work/checks.yaml"
-moat_config c "$MOAT_PORT" "$ADMIN_PORT" "$work/checks.yaml"
-moat_pprof c
-allow_bench_triplet c
+single_case_c
 
 # fresh_moat: a fresh moat (c) process; its PID in moat_pid.
 moat_pid=
@@ -268,8 +259,4 @@ fi
 
 echo
 echo "Load average (1 min) at the end: $(cut -d' ' -f1 /proc/loadavg)."
-if [[ -s $work/loadgen.err ]]; then
-	echo
-	echo "loadgen errors:"
-	sort "$work/loadgen.err" | uniq -c | sort -rn | head -n 5 | sed 's/^/    /'
-fi
+loadgen_errors

@@ -50,6 +50,7 @@ bench_cleanup() {
 # bench_build [GO_PACKAGE...]: moat (or a copy of $MOAT_BIN), loadgen, benchdns and the packages
 # named into $work (each binary named after its last path element), and a
 # DKIM key pair for loadgen and benchdns ($work/dkim.pem, $work/dkim.txt).
+# shellcheck disable=SC2120 # scale.sh passes packages; the others none
 bench_build() {
 	local p
 	log "building moat, loadgen, benchdns${*:+, ${*##*/}}"
@@ -215,6 +216,31 @@ probe_accept() {
 		exit 1
 	fi
 	grep '"moat.action"' "$work/$2/events.log" | tail -n 1
+}
+
+# single_case_c: the setup of the one-gateway scripts (latency.sh,
+# profile.sh): benchdns, smtp-sink and gateway "c" with every check on
+# (case (c) of matrix.sh), admin.pprof on, the load's triplet released; it
+# is not started. Ports: SINK_PORT, MOAT_PORT, DNS_PORT, ADMIN_PORT.
+single_case_c() {
+	bench_tools curl
+	bench_init
+	# shellcheck disable=SC2119 # no extra packages to build
+	bench_build
+	start_dns "$DNS_PORT"
+	start_sink "$SINK_PORT"
+	policy_checks "$work/checks.yaml"
+	moat_config c "$MOAT_PORT" "$ADMIN_PORT" "$work/checks.yaml"
+	moat_pprof c
+	allow_bench_triplet c
+}
+
+# loadgen_errors: the commonest loadgen errors of the run, if any.
+loadgen_errors() {
+	[[ -s $work/loadgen.err ]] || return 0
+	echo
+	echo "loadgen errors:"
+	sort "$work/loadgen.err" | uniq -c | sort -rn | head -n 5 | sed 's/^/    /'
 }
 
 # machine_line: the "- machine:" line of a report.

@@ -119,11 +119,7 @@ done
 echo
 echo "Case (c) check results of a probe message: $(jq -r '."moat.checks" | to_entries | map("\(.key) \(.value.result)") | join(", ")' <<<"$probe")."
 echo "Actions logged by case (c) (warm-ups included): $(jq -r '."moat.action" // empty' "$work/c/events.log" | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')."
-if [[ -s $work/loadgen.err ]]; then
-	echo
-	echo "loadgen errors:"
-	sort "$work/loadgen.err" | uniq -c | sort -rn | head -n 5 | sed 's/^/    /'
-fi
+loadgen_errors
 
 # PERF=1: a CPU profile of case (c), 10 KB messages, 20 sessions, taken
 # with perf (moat has no pprof endpoint): the top symbols to stderr and

@@ -24,16 +24,7 @@ DNS_PORT=$((BASE_PORT + 2))
 ADMIN_PORT=$((BASE_PORT + 3))
 TOP=${TOP:-25}
 
-bench_tools curl
-bench_init
-# shellcheck disable=SC2119 # no extra packages to build
-bench_build
-start_dns "$DNS_PORT"
-start_sink "$SINK_PORT"
-policy_checks "$work/checks.yaml"
-moat_config c $MOAT_PORT $ADMIN_PORT "$work/checks.yaml"
-moat_pprof c
-allow_bench_triplet c
+single_case_c
 # shellcheck disable=SC2086 # MOAT_ENV is a list of VAR=VALUE words
 start_moat moat_pid c ${MOAT_ENV:-}
 for p in $SINK_PORT $MOAT_PORT $ADMIN_PORT; do wait_port "$p"; done

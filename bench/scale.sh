@@ -274,9 +274,5 @@ if ((failed)); then
 else
 	echo "**Consistency: PASS**"
 fi
-if [[ -s $work/loadgen.err ]]; then
-	echo
-	echo "loadgen errors:"
-	sort "$work/loadgen.err" | uniq -c | sort -rn | head -n 5 | sed 's/^/    /'
-fi
+loadgen_errors
 exit "$failed"
