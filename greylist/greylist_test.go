@@ -32,16 +32,7 @@ type countingStore struct {
 }
 
 func (s *countingStore) Update(ctx context.Context, key string, fn UpdateFunc) error {
-	wrote := false
-	err := s.Store.Update(ctx, key, func(cur []byte) ([]byte, time.Duration, bool, error) {
-		next, ttl, write, err := fn(cur)
-		wrote = write && err == nil
-		return next, ttl, write, err
-	})
-	if wrote {
-		s.writes.Add(1)
-	}
-	return err
+	return s.counted(fn, func(fn UpdateFunc) error { return s.Store.Update(ctx, key, fn) })
 }
 
 // getMany and updateFrom pass the batch reads of a Redis store through
@@ -52,8 +43,14 @@ func (s *countingStore) getMany(ctx context.Context, keys []string) ([][]byte, e
 }
 
 func (s *countingStore) updateFrom(ctx context.Context, key string, cur []byte, fn UpdateFunc) error {
+	return s.counted(fn, func(fn UpdateFunc) error { return updateFrom(ctx, s.Store, key, cur, fn) })
+}
+
+// counted runs update with fn and counts a write when fn's last call
+// wrote.
+func (s *countingStore) counted(fn UpdateFunc, update func(UpdateFunc) error) error {
 	wrote := false
-	err := updateFrom(ctx, s.Store, key, cur, func(cur []byte) ([]byte, time.Duration, bool, error) {
+	err := update(func(cur []byte) ([]byte, time.Duration, bool, error) {
 		next, ttl, write, err := fn(cur)
 		wrote = write && err == nil
 		return next, ttl, write, err
