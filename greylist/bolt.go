@@ -183,6 +183,35 @@ func (b *Bolt) Get(ctx context.Context, key string) ([]byte, error) {
 	return out, b.fail(err)
 }
 
+// getMany reads the records under keys in one read transaction (a
+// Check reads three).
+func (b *Bolt) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, unavailable(err)
+	}
+	now := b.now()
+	out := make([][]byte, len(keys))
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(boltBucket)
+		for i, k := range keys {
+			if v := live(bk.Get([]byte(k)), now); v != nil {
+				out[i] = clone(v)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, b.fail(err)
+	}
+	return out, nil
+}
+
+// updateFrom is Update: a bolt Update reads the record in its own
+// transaction, which costs no more than using cur.
+func (b *Bolt) updateFrom(ctx context.Context, key string, _ []byte, fn UpdateFunc) error {
+	return b.Update(ctx, key, fn)
+}
+
 // Delete implements Store.
 func (b *Bolt) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {

@@ -213,8 +213,9 @@ func waitingTTL(rec tripletRecord, now time.Time, p Params) time.Duration {
 	return max(rec.FirstSeen.Add(max(p.RetryWindow, p.Delay)+p.Delay).Sub(now), time.Second)
 }
 
-// batchStore is a Store that reads several records in one round trip
-// and starts an Update from a record it just read (Redis).
+// batchStore is a Store that reads several records at once (Redis: one
+// MGET; bolt: one read transaction) and starts an Update from a record it
+// just read.
 type batchStore interface {
 	getMany(ctx context.Context, keys []string) ([][]byte, error)
 	updateFrom(ctx context.Context, key string, cur []byte, fn UpdateFunc) error

@@ -8,6 +8,7 @@
 package dkim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -300,8 +301,9 @@ func (s *scanReader) endLine() {
 	default:
 		s.endField()
 		s.fields++
-		key, value, _ := strings.Cut(string(line), ":")
-		if strings.EqualFold(strings.TrimSpace(key), "DKIM-Signature") {
+		// Bytes, not a string per header line: only signatures are kept.
+		key, value, _ := bytes.Cut(line, []byte(":"))
+		if bytes.EqualFold(bytes.TrimSpace(key), []byte("DKIM-Signature")) {
 			s.inSig = true
 			s.sigField = append(s.sigField[:0], value...)
 		}
