@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/net/idna"
 
 	"moat/internal/yamlx"
 )
@@ -91,7 +92,25 @@ func splitAddr(addr string) (local, domain string, ok bool) {
 	if at <= 0 || at == len(a)-1 {
 		return "", "", false
 	}
-	return strings.ToLower(a[:at]), strings.ToLower(strings.TrimSuffix(a[at+1:], ".")), true
+	return strings.ToLower(a[:at]), asciiDomain(strings.TrimSuffix(a[at+1:], ".")), true
+}
+
+// asciiDomain is domain lower-cased in its ASCII form: the UTS #46 lookup
+// mapping (golang.org/x/net/idna) turns U-labels into A-labels and maps
+// full-width and other compatibility forms, so that "ｅｘａｍｐｌｅ.com",
+// "EXAMPLE.com", "bücher.example" and "xn--bcher-kva.example" compare as
+// the names they stand for and a look-alike spelling cannot slip past a
+// pattern. A name that does not convert is only lower-cased.
+func asciiDomain(domain string) string {
+	for i := 0; i < len(domain); i++ {
+		if domain[i] >= 0x80 {
+			if a, err := idna.Lookup.ToASCII(domain); err == nil {
+				return strings.ToLower(a)
+			}
+			break
+		}
+	}
+	return strings.ToLower(domain)
 }
 
 // Domain is a domain name, stored in lower case without a trailing dot.
@@ -129,7 +148,7 @@ func parseDomain(s string) (string, error) {
 			return "", fmt.Errorf("want a domain such as example.com, got %q", s)
 		}
 	}
-	return t, nil
+	return asciiDomain(t), nil
 }
 
 // matchPrefix returns the first prefix of list that holds a.

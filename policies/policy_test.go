@@ -400,6 +400,12 @@ func TestAddrPattern(t *testing.T) {
 		{"*@example.com", []string{"a@example.com", "B@EXAMPLE.COM"}, []string{"a@sub.example.com", "a@example.comx", "example.com", ""}},
 		{"@Example.com", []string{"a@example.com"}, []string{"a@example.org"}},
 		{"*", []string{"a@b.example", "", "anything"}, nil},
+		// Look-alike spellings of a domain match the domain they stand
+		// for (UTS #46 mapping): full-width letters, U-label and A-label.
+		{"*@example.com", []string{"a@ｅｘａｍｐｌｅ.com", "a@ＥＸＡＭＰＬＥ.ＣＯＭ"}, []string{"a@еxample.com"}}, // the last: Cyrillic е, another name
+		{"*@bücher.example", []string{"a@bücher.example", "a@xn--bcher-kva.example", "a@BÜCHER.example"}, []string{"a@bucher.example"}},
+		{"*@xn--bcher-kva.example", []string{"a@bücher.example"}, nil},
+		{"spam@Ｅｖｉｌ.example", []string{"spam@evil.example"}, nil},
 		{`"a@b"@example.com`, nil, nil}, // not allowed, see TestAddrPatternErrors
 	}
 	for _, tt := range tests {

@@ -40,6 +40,42 @@ func (a Address) ASCIIDomain() string {
 	return strings.ToLower(d)
 }
 
+// canonical is a with its domain in the form it stands for: a domain with
+// non-ASCII in it goes through the UTS #46 lookup mapping (full-width and
+// other compatibility forms, upper case, NFC) and back to Unicode, so
+// "bob@ｅｘａｍｐｌｅ.com" becomes "bob@example.com" and "BÜCHER.de"
+// "bücher.de". Routing already looked at the mapped name; without this the
+// internal server, the policies' patterns, greylist triplets and events
+// would see a look-alike spelling of it. An ASCII domain, an address
+// literal and a domain that does not convert stay as sent; the local part
+// always does.
+func (a Address) canonical() Address {
+	d := a.Domain
+	if isASCII(d) || strings.HasPrefix(d, "[") {
+		return a
+	}
+	ascii, err := idna.Lookup.ToASCII(strings.TrimSuffix(d, "."))
+	if err != nil {
+		return a
+	}
+	u, err := idna.Lookup.ToUnicode(ascii)
+	if err != nil {
+		return a
+	}
+	a.Domain = strings.ToLower(u)
+	a.NonASCII = !isASCII(a.Local) || !isASCII(a.Domain)
+	return a
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
 // param is one ESMTP parameter of MAIL or RCPT (RFC 5321 section 4.1.2).
 type param struct {
 	Key, Value string // Key upper-cased

@@ -72,3 +72,28 @@ func FuzzParseArg(f *testing.F) {
 		}
 	})
 }
+
+func TestCanonical(t *testing.T) {
+	for _, tc := range []struct {
+		in, want     string
+		wantNonASCII bool
+	}{
+		{"bob@ｅｘａｍｐｌｅ.com", "bob@example.com", false},
+		{"bob@ＥＸＡＭＰＬＥ.ＣＯＭ", "bob@example.com", false},
+		{"jörg@BÜCHER.example", "jörg@bücher.example", true},
+		{"bob@bücher.example", "bob@bücher.example", true},
+		{"Bob@Example.COM", "Bob@Example.COM", false}, // ASCII: as sent
+		{"bob@xn--bcher-kva.example", "bob@xn--bcher-kva.example", false},
+		{"bob@[192.0.2.1]", "bob@[192.0.2.1]", false},
+		{"bob@еxample.com", "bob@еxample.com", true}, // Cyrillic е: another name, kept
+	} {
+		a, _, err := parseArg("TO:<"+tc.in+">", "TO:", false)
+		if err != nil {
+			t.Fatalf("parseArg(%q): %v", tc.in, err)
+		}
+		c := a.canonical()
+		if c.String() != tc.want || c.NonASCII != tc.wantNonASCII {
+			t.Errorf("canonical(%q) = %q (NonASCII %v), want %q (%v)", tc.in, c.String(), c.NonASCII, tc.want, tc.wantNonASCII)
+		}
+	}
+}

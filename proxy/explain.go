@@ -70,7 +70,8 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 		}
 		from = a
 	}
-	t := &txn{from: from, utf8: from.NonASCII}
+	t := &txn{from: from.canonical(), utf8: from.NonASCII}
+	from = t.from
 	remote := netip.AddrPortFrom(in.IP.Unmap(), 0)
 	ft := func() *filters.Txn {
 		f := &filters.Txn{ClientIP: remote.Addr(), Helo: in.Helo, From: from.String(), DNS: rt.DNS, Auth: &t.auth}
@@ -88,6 +89,7 @@ func Explain(ctx context.Context, rt *Runtime, in ExplainInput) (*ExplainResult,
 			e.Reply = replyBadRcpt.String()
 			continue
 		}
+		addr = addr.canonical() // as the session does
 		route, ok := c.Route(addr.ASCIIDomain())
 		if !ok {
 			e.Reply = replyRelayDenied.String()

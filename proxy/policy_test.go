@@ -255,3 +255,34 @@ func TestSizeTempfail(t *testing.T) {
 		t.Errorf("%d messages reached the sink", n)
 	}
 }
+
+// TestLookalikeDomains: a full-width spelling of a domain is the domain.
+// The deny list and a policy's applies_to match it, and the internal
+// server is handed the canonical recipient, not the look-alike.
+func TestLookalikeDomains(t *testing.T) {
+	sink := smtptest.NewSink(t)
+	ts, logs := startObserved(t, routeTo(sink.Addr(), ""),
+		"policy: default\ndeny: { senders: [\"*@spammer.example\"] }\n---\npolicy: ceo\napplies_to: { recipients: [\"ceo@example.com\"] }\nextends: default\n")
+	c := dial(t, ts.addr)
+	c.cmd("EHLO client.example.net", "250")
+	c.cmd("MAIL FROM:<x@ｓｐａｍｍｅｒ.example> SMTPUTF8", "250")
+	c.cmd("RCPT TO:<b@example.com>", "554 5.7.1 ")
+	c.cmd("RSET", "250")
+	c.cmd("MAIL FROM:<a@example.net> SMTPUTF8", "250")
+	c.cmd("RCPT TO:<ceo@ＥＸＡＭＰＬＥ.com>", "250")
+	c.cmd("DATA", "354")
+	c.send(stuffed + ".\r\n")
+	c.expect("250 ")
+	c.cmd("QUIT", "221")
+	evs := waitEvents(t, logs, 2)
+	if evs[0]["moat.action"] != "reject" {
+		t.Errorf("look-alike of a denied sender: %v", evs[0])
+	}
+	if evs[1]["moat.policy"] != "ceo" {
+		t.Errorf("look-alike recipient got policy %v, want ceo", evs[1]["moat.policy"])
+	}
+	acc := sink.Accepted()
+	if len(acc) != 1 || len(acc[0].Rcpts) != 1 || acc[0].Rcpts[0] != "ceo@example.com" {
+		t.Fatalf("the internal server got %+v, want the recipient ceo@example.com", acc)
+	}
+}

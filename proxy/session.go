@@ -515,6 +515,8 @@ func (s *session) cmdMail(ctx context.Context, arg string) {
 		s.send(replyNeedUTF8)
 		return
 	}
+	from = from.canonical()
+	t.from = from
 	if max := int64(s.cfg().SMTP.MaxMessageSize); t.declaredSize > max {
 		s.send(replyTooBig)
 		return
@@ -592,6 +594,7 @@ func (s *session) acceptRcpt(ctx context.Context, t *txn, addr Address) *Reply {
 	if addr.NonASCII && !t.utf8 {
 		return replyNeedUTF8
 	}
+	addr = addr.canonical()
 	domain := addr.ASCIIDomain()
 	route, ok := s.cfg().Route(domain)
 	if !ok && strings.EqualFold(addr.Local, "postmaster") && strings.EqualFold(domain, s.cfg().Hostname) {
