@@ -16,13 +16,15 @@ import (
 // so Go's default (collect when the heap has grown by 100 %) spends about
 // a tenth of the CPU of a filtered message on collection. At GOGC=400
 // collections are a quarter as frequent: 8–10 % less CPU per message
-// (bench/README.md). The soft memory limit, a quarter of the memory the
-// process may use (its cgroup's limit, else the machine's), makes the
-// collector work harder before the heap would crowd out other processes,
-// so the trade never costs more than that quarter.
+// (bench/README.md). The soft memory limit, half the memory the process
+// may use (its cgroup's limit, else the machine's), caps what the larger
+// heap goal may take. Half, not less: the collector only has to work hard
+// once the live heap nears the limit, and with Go's default a live heap
+// of half the memory would already need all of it, so the limit never
+// makes moat collect harder than the default would before running out.
 const (
 	defaultGCPercent   = 400
-	memoryLimitDivisor = 4
+	memoryLimitDivisor = 2
 )
 
 // tuneGC applies the defaults above; it returns what it set, for the
