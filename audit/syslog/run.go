@@ -59,6 +59,7 @@ func (b *batch) trim(k int) int {
 // conn is one connection to the collector.
 type conn struct {
 	net.Conn
+	raw net.Conn // the TCP connection under Conn (Conn itself without TLS)
 	// dead is closed when the collector closed the connection (a reader
 	// goroutine saw EOF: collectors send nothing); nil for UDP.
 	dead  chan struct{}
@@ -66,6 +67,11 @@ type conn struct {
 	since time.Time   // when it was made
 }
 
+// closed reports whether the collector has closed the connection. The
+// reader goroutine tells when it has run; before a write the socket is
+// also asked directly (peerClosed), because a write made after the
+// collector's FIN arrived but before the reader noticed would succeed
+// into the socket and be lost.
 func (c *conn) closed() bool {
 	if c.dead == nil {
 		return false
@@ -74,7 +80,7 @@ func (c *conn) closed() bool {
 	case <-c.dead:
 		return true
 	default:
-		return false
+		return peerClosed(c.raw)
 	}
 }
 
@@ -110,7 +116,7 @@ func (s *Shipper) dial() (*conn, error) {
 	}
 	// Cancellation (Close gave up) breaks a blocked write by closing the
 	// socket itself (a tls.Conn would try to send close_notify first).
-	c := &conn{Conn: nc, since: time.Now(), unarm: context.AfterFunc(s.ctx, func() { raw.Close() })}
+	c := &conn{Conn: nc, raw: raw, since: time.Now(), unarm: context.AfterFunc(s.ctx, func() { raw.Close() })}
 	if network == "tcp" {
 		c.dead = make(chan struct{})
 		go func() {
