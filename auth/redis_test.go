@@ -240,12 +240,19 @@ func TestRedisExpiry(t *testing.T) {
 	gws := gateways(t, 2, Settings{MaxFailures: 2, MaxUserFailures: 100, Window: ttl, Lockout: ttl}, rdb)
 	ips := gws[0].svc.ips.(*sharedCounters).shared
 	fails, lock := ips.keys("192.0.2.1")
+	// The user's count is written just after the address's: both must be
+	// gone before a failure starts a new window (the delay follows the
+	// larger count).
+	userFails, _ := gws[0].svc.names.(*sharedCounters).shared.keys("alice@example.com")
 
 	gws[0].login("192.0.2.1", "alice@example.com", "wrong")
 	if d, err := rdb.PTTL(ctx, fails).Result(); err != nil || d <= 0 || d > ttl {
 		t.Fatalf("PTTL %s = %v, %v; want in (0, %v]", fails, d, err, ttl)
 	}
-	waitFor(t, "failure count expired", func() bool { return rdb.Exists(ctx, fails).Val() == 0 })
+	if n := rdb.Exists(ctx, userFails).Val(); n != 1 {
+		t.Fatalf("the user's failure count %s is not in Redis", userFails)
+	}
+	waitFor(t, "failure counts expired", func() bool { return rdb.Exists(ctx, fails, userFails).Val() == 0 })
 	gws[1].sleeps.take()
 	gws[1].login("192.0.2.1", "alice@example.com", "wrong")
 	if got := gws[1].sleeps.take(); !equalDurations(got, durations(2)) {
