@@ -502,31 +502,12 @@ func probeGreeting(addr string) (string, error) {
 // freeAddr returns a loopback TCP address that was free a moment ago.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	// The kernel may offer a port it just gave out again (nothing listens
-	// on it yet): never hand one out twice in this test process, or two
-	// listeners of one config could collide.
-	for range 100 {
-		port, err := smtptest.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		handedOut.Lock()
-		seen := handedOut.ports[port]
-		handedOut.ports[port] = true
-		handedOut.Unlock()
-		if !seen {
-			return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		}
+	port, err := smtptest.FreePort() // never the same port twice
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no fresh loopback port in 100 tries")
-	return ""
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
-
-// handedOut are the ports freeAddr gave out.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
 
 // closedAddr returns a loopback address where nothing listens.
 func closedAddr(t testing.TB) string { return freeAddr(t) }

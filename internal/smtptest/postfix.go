@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -142,15 +143,34 @@ func startPostfixSink(t testing.TB, bin string, args []string) (string, error) {
 	return addr, nil
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago
+// and that it has not returned before in this process: the kernel may
+// offer a port it just gave out again (nothing listens on it yet), and two
+// listeners of one config (a Dovecot's, a moat's) would then collide.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		handedOut.Lock()
+		seen := handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if !seen {
+			return port, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("smtptest: no fresh loopback port in 100 tries")
 }
+
+// handedOut are the ports FreePort returned.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // PostfixDump is one mail transaction as smtp-sink dumped it. smtp-sink
 // writes text lines ended by LF (it reads CRLF lines and unstuffs dots), so

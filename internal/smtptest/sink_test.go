@@ -549,3 +549,19 @@ func TestReplyCode(t *testing.T) {
 		}
 	}
 }
+
+// TestFreePortNeverTwice: the ports FreePort hands out in one process are
+// distinct (the kernel may offer a released port again at once).
+func TestFreePortNeverTwice(t *testing.T) {
+	seen := map[int]bool{}
+	for range 500 {
+		p, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+}
