@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +32,7 @@ import (
 
 	"moat/audit"
 	"moat/auth"
+	"moat/internal/accept"
 )
 
 // Upstream is an internal server the proxy logs in at.
@@ -99,11 +99,7 @@ type Server struct {
 	tls   atomic.Pointer[tls.Config]
 	route atomic.Pointer[func(string) (Upstream, bool)]
 
-	mu        sync.Mutex
-	closing   bool
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{} // their spliced field is guarded by mu
-	wg        sync.WaitGroup        // session goroutines
+	sessions accept.Sessions[*session]
 }
 
 // New returns a server with o's defaults filled in. It panics on a
@@ -133,7 +129,7 @@ func New(o Options) *Server {
 	if o.MaxBadCommands <= 0 {
 		o.MaxBadCommands = 10
 	}
-	s := &Server{o: o, listeners: map[net.Listener]struct{}{}, sessions: map[*session]struct{}{}}
+	s := &Server{o: o}
 	s.tls.Store(o.TLSConfig)
 	s.SetRoute(o.Route)
 	return s
@@ -158,107 +154,24 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 	if l.Name == "" {
 		l.Name = ln.Addr().String()
 	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-
-	var delay time.Duration // backoff after accept errors such as EMFILE
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("mailproxy: accept on %s: %w", l.Name, err)
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+	err := s.sessions.Serve(ln, l.Name, ErrServerClosed,
+		func(c net.Conn) *session { return newSession(s, c, l) },
+		func(err error) {
 			s.o.Log.Error(s.o.Protocol+".error", zap.String("moat.operation", "accept"),
 				zap.String("moat.listener", l.Name), zap.String("error.message", err.Error()))
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		sess := newSession(s, c, l)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.sessions[sess] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go sess.serve()
+		})
+	if err != nil && !errors.Is(err, ErrServerClosed) {
+		return fmt.Errorf("mailproxy: %w", err)
 	}
+	return err
 }
 
 // Shutdown stops accepting connections and ends the sessions that have not
 // logged in at once. Spliced sessions go on until they end or ctx ends:
 // then they are cut off and Shutdown returns ctx's error.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	for sess := range s.sessions {
-		if !sess.spliced {
-			sess.abort()
-		}
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	s.mu.Lock()
-	for sess := range s.sessions {
-		sess.abort()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.sessions.Shutdown(ctx) }
 
 // startSplice marks sess as logged in, unless the server is shutting down.
 func (s *Server) startSplice(sess *session) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	sess.spliced = true
-	return true
-}
-
-func (s *Server) ended(sess *session) {
-	s.mu.Lock()
-	delete(s.sessions, sess)
-	s.mu.Unlock()
-	s.wg.Done()
+	return s.sessions.IfOpen(func() { sess.spliced = true })
 }

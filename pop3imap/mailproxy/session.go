@@ -46,7 +46,7 @@ type session struct {
 	bad     int  // bad commands so far
 	quit    bool // end the session after this command
 
-	spliced bool // logged in; guarded by srv.mu
+	spliced bool // logged in; guarded by the server's sessions lock
 
 	up   *upConn // the logged-in upstream
 	user string  // the canonical user name after login
@@ -70,14 +70,19 @@ func (c *session) setConn(conn net.Conn) {
 // readBufferSize holds the longest line of either protocol.
 const readBufferSize = 16 << 10
 
-// abort cuts the session off; the caller holds srv.mu.
-func (c *session) abort() {
+// Abort cuts the session off (accept.Session); the caller holds the
+// sessions' lock.
+func (c *session) Abort() {
 	c.cancel()
 	c.raw.Close()
 }
 
-func (c *session) serve() {
-	defer c.srv.ended(c)
+// Busy reports a session Shutdown lets finish (accept.Session).
+func (c *session) Busy() bool { return c.spliced }
+
+// Serve runs the session (accept.Session).
+func (c *session) Serve() {
+	defer c.srv.sessions.Done(c)
 	defer c.raw.Close()
 	defer c.cancel()
 	defer func() {

@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 
 	"moat/audit"
 	"moat/auth"
+	"moat/internal/accept"
 )
 
 // Backend opens users' maildrops.
@@ -97,11 +97,7 @@ type Server struct {
 	o   Options
 	tls atomic.Pointer[tls.Config]
 
-	mu        sync.Mutex
-	closing   bool                      // Shutdown was called
-	listeners map[net.Listener]struct{} // being served
-	sessions  map[*session]struct{}     // running; their state is guarded by mu
-	wg        sync.WaitGroup            // session goroutines
+	sessions accept.Sessions[*session]
 }
 
 // New returns a server with o's defaults filled in.
@@ -121,11 +117,7 @@ func New(o Options) *Server {
 	if o.MaxBadCommands <= 0 {
 		o.MaxBadCommands = 10
 	}
-	s := &Server{
-		o:         o,
-		listeners: map[net.Listener]struct{}{},
-		sessions:  map[*session]struct{}{},
-	}
+	s := &Server{o: o}
 	s.tls.Store(o.TLSConfig)
 	return s
 }
@@ -141,50 +133,16 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 	if l.Name == "" {
 		l.Name = ln.Addr().String()
 	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-
-	var delay time.Duration // backoff after accept errors such as EMFILE
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("pop3: accept on %s: %w", l.Name, err)
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+	err := s.sessions.Serve(ln, l.Name, ErrServerClosed,
+		func(c net.Conn) *session { return newSession(s, c, l) },
+		func(err error) {
 			s.o.Log.Error("pop3.error", zap.String("moat.operation", "accept"),
 				zap.String("moat.listener", l.Name), zap.String("error.message", err.Error()))
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		sess := newSession(s, c, l)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.sessions[sess] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go sess.serve()
+		})
+	if err != nil && !errors.Is(err, ErrServerClosed) {
+		return fmt.Errorf("pop3: %w", err)
 	}
+	return err
 }
 
 // Shutdown stops accepting connections and ends the sessions that have not
@@ -192,60 +150,10 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 // their client's QUIT, or until ctx ends: then they are cut off without
 // UPDATE (nothing is deleted) and Shutdown returns ctx's error once their
 // maildrops are closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	for sess := range s.sessions {
-		if sess.state == stateAuthorization {
-			sess.abort()
-		}
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	s.mu.Lock()
-	for sess := range s.sessions {
-		sess.abort()
-	}
-	s.mu.Unlock()
-	<-done
-	return ctx.Err()
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.sessions.Shutdown(ctx) }
 
 // enterTransaction moves sess to the TRANSACTION state unless the server is
 // shutting down.
 func (s *Server) enterTransaction(sess *session) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	sess.state = stateTransaction
-	return true
-}
-
-// ended forgets a finished session.
-func (s *Server) ended(sess *session) {
-	s.mu.Lock()
-	delete(s.sessions, sess)
-	s.mu.Unlock()
-	s.wg.Done()
+	return s.sessions.IfOpen(func() { sess.state = stateTransaction })
 }

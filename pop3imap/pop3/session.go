@@ -46,7 +46,7 @@ type session struct {
 	out *deadlineWriter
 	bw  *bufio.Writer
 
-	state state // guarded by srv.mu: Shutdown reads it
+	state state // guarded by the server's sessions lock: Shutdown reads it
 
 	started bool   // a command line was read
 	user    string // from USER, waiting for PASS
@@ -69,14 +69,19 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 	}
 }
 
-// abort cuts the session off; the caller holds srv.mu.
-func (c *session) abort() {
+// Abort cuts the session off (accept.Session); the caller holds the
+// sessions' lock.
+func (c *session) Abort() {
 	c.cancel()
 	c.raw.Close()
 }
 
-func (c *session) serve() {
-	defer c.srv.ended(c)
+// Busy reports a session Shutdown lets finish (accept.Session).
+func (c *session) Busy() bool { return c.state != stateAuthorization }
+
+// Serve runs the session (accept.Session).
+func (c *session) Serve() {
+	defer c.srv.sessions.Done(c)
 	defer c.raw.Close()
 	defer c.cancel()
 	defer c.closeMaildrop()
